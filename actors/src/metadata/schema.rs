@@ -1,0 +1,26 @@
+// Written by hand to match migrations/{sqlite,postgres}: timestamps are declared `Timestamp` for both
+// dialects; PostgreSQL stores them as TIMESTAMPTZ and every connection runs in UTC.
+
+diesel::table! {
+    inodes (id) {
+        id -> BigInt,
+        parent_id -> Nullable<BigInt>,
+        name -> Text,
+        path -> Text,
+        #[sql_name = "type"]
+        kind -> Text,
+        size -> BigInt,
+        mode -> Text,
+        owner -> Text,
+        atime -> Timestamp,
+        mtime -> Timestamp,
+        ctime -> Timestamp,
+        backend_type -> Text,
+        callfs_instance_id -> Nullable<Text>,
+        content_version -> BigInt,
+        erasure_coded -> Bool,
+        symlink_target -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}

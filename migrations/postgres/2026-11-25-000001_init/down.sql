@@ -1,0 +1,3 @@
+DROP TABLE callfs_locks;
+DROP TABLE single_use_links;
+DROP TABLE inodes;

@@ -1,0 +1,2 @@
+DROP TABLE single_use_links;
+DROP TABLE inodes;
