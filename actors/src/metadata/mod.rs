@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 pub use store::{
-    connect, CreateEntry, DeleteEntry, GetEntries, GetEntry, ListChildren, ListSubtree, MetadataStore, NewEntry,
+    connect, sort_listing, CreateEntry, DeleteEntry, GetEntries, GetEntry, ListChildren, ListSubtree, MetadataStore, NewEntry,
     Ping, RenameEntry, StoreKind, UpdateContent,
 };
 

@@ -1,0 +1,691 @@
+//! File and directory operations (api.md §8, storage.md §2): authorisation, existence rules, the
+//! bytes-first-then-metadata ordering and the path locks. Handlers call these and build responses.
+
+use std::time::{Duration, Instant};
+
+use actix_web::web::Payload;
+use bytes::Bytes;
+use callfs_actors::metadata::{
+    CreateEntry, DeleteEntry, GetEntries, GetEntry, Inode, ListChildren, ListSubtree, NewEntry, RenameEntry,
+    UpdateContent,
+};
+use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
+use callfs_actors::storage::localfs::{
+    DeleteFile, DiscardFile, FileChunks, MakeDir, MovePath, OpenFile, PublishFile, RemoveDir, StageUpload, UploadChunk,
+};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::auth::Identity;
+use crate::error::{ApiError, CrossServerConflict};
+use crate::node::Node;
+use crate::path::CanonicalPath;
+
+/// Files up to this size are read in one storage call and sent from memory.
+const INLINE_READ_LIMIT: u64 = 64 * 1024;
+/// Chunks buffered between the network and the disk writer (each at most a socket read).
+const UPLOAD_QUEUE: usize = 16;
+
+/// Where the bytes of an entry are served from: the one routing decision of the node.
+pub enum Route {
+    Local,
+    Peer(String),
+}
+
+pub fn route(node: &Node, entry: &Inode) -> Route {
+    match entry.callfs_instance_id.as_deref() {
+        Some(owner) if entry.is_file() && entry.backend_type == "localfs" && owner != node.settings.instance_id => {
+            Route::Peer(owner.to_string())
+        }
+        _ => Route::Local,
+    }
+}
+
+fn backend_label(entry: &Inode) -> BackendLabel {
+    match entry.backend_type.as_str() {
+        "s3" => BackendLabel::S3,
+        _ => BackendLabel::Localfs,
+    }
+}
+
+/// The entry at `path` and every existing ancestor, in one metadata round trip.
+pub struct Lineage {
+    pub target: Option<Inode>,
+    /// Existing ancestors, nearest first.
+    pub ancestors: Vec<Inode>,
+    pub parent_path: Option<CanonicalPath>,
+}
+
+impl Lineage {
+    pub fn parent(&self) -> Option<&Inode> {
+        let parent = self.parent_path.as_ref()?;
+        self.ancestors.iter().find(|a| a.path == parent.as_str())
+    }
+
+    /// An ancestor that is a file makes the path impossible.
+    pub fn blocked_by_file(&self) -> bool {
+        self.ancestors.iter().any(Inode::is_file)
+    }
+}
+
+pub async fn lineage(node: &Node, path: &CanonicalPath) -> Result<Lineage, ApiError> {
+    let ancestors = path.ancestors();
+    let mut paths: Vec<String> = ancestors.iter().map(|a| a.as_str().to_string()).collect();
+    paths.push(path.as_str().to_string());
+    let rows = node.meta(GetEntries { paths }).await?;
+    let mut target = None;
+    let mut found = Vec::new();
+    for row in rows {
+        if row.path == path.as_str() {
+            target = Some(row);
+        } else {
+            found.push(row);
+        }
+    }
+    found.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+    Ok(Lineage { target, ancestors: found, parent_path: path.parent() })
+}
+
+pub async fn get_entry(node: &Node, path: &CanonicalPath) -> Result<Option<Inode>, ApiError> {
+    node.meta(GetEntry { path: path.as_str().to_string() }).await
+}
+
+/// `Read`: every authenticated user may read what exists.
+pub async fn read_entry(node: &Node, path: &CanonicalPath) -> Result<Inode, ApiError> {
+    get_entry(node, path).await?.ok_or(ApiError::FileNotFound)
+}
+
+fn owns(identity: &Identity, entry: &Inode) -> bool {
+    identity.is_admin || identity.user_id == entry.owner
+}
+
+/// `Write` (security.md §3).
+pub fn check_write(identity: &Identity, lineage: &Lineage) -> Result<(), ApiError> {
+    let denied = || ApiError::PermissionDenied("only the owner may modify this file".into());
+    match (&lineage.target, lineage.parent()) {
+        (Some(target), _) if target.is_dir() || owns(identity, target) => Ok(()),
+        (Some(_), _) => Err(denied()),
+        (None, Some(parent)) if parent.is_dir() || owns(identity, parent) => Ok(()),
+        (None, Some(_)) => Err(denied()),
+        (None, None) => Ok(()),
+    }
+}
+
+/// `Delete` (security.md §3).
+pub fn check_delete(identity: &Identity, entry: &Inode) -> Result<(), ApiError> {
+    if owns(identity, entry) {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied("only the owner may delete or move this entry".into()))
+    }
+}
+
+fn other_node_conflict(node: &Node, entry: &Inode, for_directory: bool) -> Option<ApiError> {
+    let Route::Peer(owner) = route(node, entry) else { return None };
+    let peer_label = if node.settings.peers.contains_key(&owner) { owner.as_str() } else { "unknown" };
+    node.metrics.record_cross_server(CrossServerOp::ConflictCheck, peer_label, true, None);
+    let update_url = (!for_directory)
+        .then(|| node.settings.peers.get(&owner))
+        .flatten()
+        .map(|endpoint| format!("{}/v1/files{}", endpoint.trim_end_matches('/'), entry.path));
+    Some(ApiError::CrossServerConflict(Box::new(CrossServerConflict {
+        existing_path: entry.path.clone(),
+        instance_id: owner,
+        backend_type: entry.backend_type.clone(),
+        suggestion: if for_directory {
+            "The path is a file on another node; a directory cannot be created there."
+        } else {
+            "The file exists on another node; use PUT to update it."
+        },
+        update_url,
+    })))
+}
+
+/// What a successful upload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    Replaced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// POST: the path must not exist.
+    CreateOnly,
+    /// PUT: create or replace a file.
+    CreateOrReplace,
+}
+
+/// Streams an upload to a temporary file, then publishes it under the path lock and commits the row.
+pub async fn write_file(
+    node: &Node,
+    identity: &Identity,
+    path: &CanonicalPath,
+    mode: WriteMode,
+    payload: Payload,
+    declared_length: Option<u64>,
+) -> Result<Written, ApiError> {
+    if declared_length.is_some_and(|len| len > node.settings.max_upload_bytes) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let lineage = lineage(node, path).await?;
+    check_write(identity, &lineage)?;
+    let existing = check_writable_target(node, &lineage, mode)?;
+    if lineage.blocked_by_file() {
+        return Err(ApiError::NotADirectory);
+    }
+
+    let started = Instant::now();
+    let op = if existing.is_some() { BackendOp::Update } else { BackendOp::Create };
+    let result = stage_and_commit(node, identity, path, mode, existing.as_ref(), payload).await;
+    node.metrics.record_backend(BackendLabel::Localfs, op, backend_ok(&result), started.elapsed());
+    let written = result?;
+    let file_op = if written == Written::Created { FileOp::Create } else { FileOp::Update };
+    node.metrics.record_file_op(file_op, BackendLabel::Localfs);
+    Ok(written)
+}
+
+/// Applies the existence rules before any byte is read; returns the file to replace, if any.
+fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Result<Option<Inode>, ApiError> {
+    let Some(target) = &lineage.target else { return Ok(None) };
+    if target.is_dir() {
+        return Err(match mode {
+            WriteMode::CreateOnly => ApiError::AlreadyExists("the path is an existing directory".into()),
+            WriteMode::CreateOrReplace => ApiError::BadRequest("the path is a directory".into()),
+        });
+    }
+    match mode {
+        WriteMode::CreateOnly => Err(other_node_conflict(node, target, false)
+            .unwrap_or_else(|| ApiError::AlreadyExists("the file already exists; use PUT to replace it".into()))),
+        WriteMode::CreateOrReplace => match route(node, target) {
+            Route::Local => Ok(Some(target.clone())),
+            Route::Peer(owner) => Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}"))),
+        },
+    }
+}
+
+/// A backend failure (as opposed to a client or conflict outcome) for the backend metrics.
+fn backend_ok<T>(result: &Result<T, ApiError>) -> bool {
+    !matches!(
+        result,
+        Err(ApiError::Storage(_) | ApiError::InsufficientStorage | ApiError::BackendUnavailable(_))
+    )
+}
+
+async fn stage_and_commit(
+    node: &Node,
+    identity: &Identity,
+    path: &CanonicalPath,
+    mode: WriteMode,
+    existing: Option<&Inode>,
+    payload: Payload,
+) -> Result<Written, ApiError> {
+    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+    let stage = node.disk_streaming(StageUpload {
+        path: path.as_str().to_string(),
+        chunks: rx,
+        max_bytes: node.settings.max_upload_bytes,
+    });
+    let pump = pump_body(payload, tx, node.settings.max_upload_bytes, node.settings.read_timeout);
+    let (pumped, staged) = tokio::join!(pump, stage);
+    // The client's failure explains the writer's; the writer's explains a closed channel.
+    let staged = match (pumped, staged) {
+        (Err(PumpError::Client(err)), staged) => {
+            if let Ok(staged) = staged {
+                node.localfs.do_send(DiscardFile { path: staged.temp });
+            }
+            return Err(err);
+        }
+        (_, Err(err)) => return Err(err),
+        (_, Ok(staged)) => staged,
+    };
+
+    let lock = match node.lock(path.as_str()).await {
+        Ok(lock) => lock,
+        Err(err) => {
+            node.localfs.do_send(DiscardFile { path: staged.temp });
+            return Err(err);
+        }
+    };
+    let outcome = commit_under_lock(node, identity, path, mode, existing, &staged).await;
+    drop(lock);
+    outcome
+}
+
+async fn commit_under_lock(
+    node: &Node,
+    identity: &Identity,
+    path: &CanonicalPath,
+    mode: WriteMode,
+    existing: Option<&Inode>,
+    staged: &callfs_actors::storage::localfs::StagedFile,
+) -> Result<Written, ApiError> {
+    let discard = || node.localfs.do_send(DiscardFile { path: staged.temp.clone() });
+    // Re-evaluate under the lock: a concurrent writer may have created or replaced the path.
+    let current = match get_entry(node, path).await {
+        Ok(current) => current,
+        Err(err) => {
+            discard();
+            return Err(err);
+        }
+    };
+    let replace = match (current, mode) {
+        (None, _) => None,
+        (Some(now), WriteMode::CreateOrReplace)
+            if now.is_file() && matches!(route(node, &now), Route::Local) && existing.is_none_or(|e| e.id == now.id) =>
+        {
+            Some(now)
+        }
+        (Some(_), _) => {
+            discard();
+            return Err(ApiError::AlreadyExists("the path was created concurrently; retry".into()));
+        }
+    };
+    let publish = PublishFile { temp: staged.temp.clone(), target: staged.target.clone() };
+    if let Err(err) = node.disk(publish).await {
+        discard();
+        return Err(err);
+    }
+    let size = staged.size as i64;
+    match replace {
+        Some(entry) => {
+            node.meta(UpdateContent { id: entry.id, size }).await?;
+            Ok(Written::Replaced)
+        }
+        None => {
+            let entry = NewEntry {
+                path: path.as_str().to_string(),
+                is_dir: false,
+                size,
+                owner: identity.user_id.clone(),
+                backend_type: "localfs".into(),
+                instance_id: Some(node.settings.instance_id.clone()),
+            };
+            if let Err(err) = node.meta(CreateEntry { entry }).await {
+                // The row never landed: the published bytes must not outlive it.
+                node.localfs.do_send(DiscardFile { path: staged.target.clone() });
+                return Err(match err {
+                    ApiError::AlreadyExists(_) => ApiError::AlreadyExists("the path was created concurrently".into()),
+                    other => other,
+                });
+            }
+            Ok(Written::Created)
+        }
+    }
+}
+
+enum PumpError {
+    /// The client misbehaved (timeout, short body, too large).
+    Client(ApiError),
+    /// The writer stopped listening; its own result says why.
+    WriterGone,
+}
+
+async fn pump_body(
+    mut payload: Payload,
+    tx: mpsc::Sender<UploadChunk>,
+    max_bytes: u64,
+    inactivity: Duration,
+) -> Result<u64, PumpError> {
+    let mut total: u64 = 0;
+    loop {
+        let next = match tokio::time::timeout(inactivity, payload.next()).await {
+            Err(_) => return Err(PumpError::Client(ApiError::RequestTimeout)),
+            Ok(next) => next,
+        };
+        let chunk: Bytes = match next {
+            None => {
+                tx.send(UploadChunk::Finish).await.map_err(|_| PumpError::WriterGone)?;
+                return Ok(total);
+            }
+            Some(Err(err)) => {
+                let err = match err {
+                    actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge,
+                    other => ApiError::BadRequest(format!("request body ended early: {other}")),
+                };
+                return Err(PumpError::Client(err));
+            }
+            Some(Ok(chunk)) => chunk,
+        };
+        total += chunk.len() as u64;
+        if total > max_bytes {
+            return Err(PumpError::Client(ApiError::PayloadTooLarge));
+        }
+        tx.send(UploadChunk::Data(chunk)).await.map_err(|_| PumpError::WriterGone)?;
+    }
+}
+
+/// Creates a directory (and missing ancestors). `Ok(false)` when it already existed.
+pub async fn create_directory(node: &Node, identity: &Identity, path: &CanonicalPath) -> Result<bool, ApiError> {
+    if path.is_root() {
+        return Ok(false);
+    }
+    let lineage = lineage(node, path).await?;
+    check_write(identity, &lineage)?;
+    match &lineage.target {
+        Some(existing) if existing.is_dir() => return Ok(false),
+        Some(existing) => {
+            return Err(other_node_conflict(node, existing, true)
+                .unwrap_or_else(|| ApiError::AlreadyExists("the path is an existing file".into())))
+        }
+        None => {}
+    }
+    if lineage.blocked_by_file() {
+        return Err(ApiError::NotADirectory);
+    }
+    let _lock = node.lock(path.as_str()).await?;
+    let started = Instant::now();
+    let made = node.disk(MakeDir { path: path.as_str().to_string() }).await;
+    node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Mkdir, backend_ok(&made), started.elapsed());
+    made?;
+    let entry = NewEntry {
+        path: path.as_str().to_string(),
+        is_dir: true,
+        size: 0,
+        owner: identity.user_id.clone(),
+        backend_type: node.settings.default_backend.clone(),
+        instance_id: Some(node.settings.instance_id.clone()),
+    };
+    match node.meta(CreateEntry { entry }).await {
+        Ok(_) => Ok(true),
+        Err(ApiError::AlreadyExists(_)) => match get_entry(node, path).await? {
+            Some(now) if now.is_dir() => Ok(false),
+            _ => Err(ApiError::AlreadyExists("the path is an existing file".into())),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+/// DELETE: the row first, then the bytes (an unlink failure leaves invisible orphan bytes).
+pub async fn delete_entry(node: &Node, identity: &Identity, path: &CanonicalPath) -> Result<(), ApiError> {
+    if path.is_root() {
+        return Err(ApiError::BadRequest("the root directory cannot be deleted".into()));
+    }
+    let entry = read_entry(node, path).await?;
+    check_delete(identity, &entry)?;
+    if let Route::Peer(owner) = route(node, &entry) {
+        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
+    }
+    let _lock = node.lock(path.as_str()).await?;
+    let entry = read_entry(node, path).await?;
+    node.meta(DeleteEntry { id: entry.id }).await?;
+    if entry.is_dir() {
+        node.localfs.do_send(RemoveDir { path: path.as_str().to_string() });
+        return Ok(());
+    }
+    let started = Instant::now();
+    let removed = node.disk(DeleteFile { path: path.as_str().to_string() }).await;
+    node.metrics.record_backend(backend_label(&entry), BackendOp::Delete, removed.is_ok(), started.elapsed());
+    if let Err(err) = removed {
+        log::warn!(backend = "localfs", key = path.as_str(), error = err.to_string().as_str(); "orphan bytes left after a failed cleanup");
+        node.metrics.record_error(ErrorKind::OrphanBytes);
+    }
+    node.metrics.record_file_op(FileOp::Delete, backend_label(&entry));
+    Ok(())
+}
+
+/// The body of a download: bytes already in memory, or an open file streamed chunk by chunk.
+pub enum Content {
+    Inline(Bytes),
+    Stream(FileChunks),
+}
+
+pub struct Download {
+    pub content: Content,
+    /// Total size of the stored object (from the opened file).
+    pub total: u64,
+}
+
+/// Opens `entry`'s bytes and returns `len` bytes from `offset`.
+pub async fn open_range(node: &Node, entry: &Inode, offset: u64, len: Option<u64>) -> Result<Download, ApiError> {
+    let started = Instant::now();
+    let opened = node.disk(OpenFile { path: entry.path.clone(), inline_limit: INLINE_READ_LIMIT }).await;
+    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
+    let opened = opened.inspect_err(|err| {
+        if matches!(err, ApiError::FileNotFound) {
+            log::error!(path = entry.path.as_str(), backend = "localfs"; "metadata row points at missing bytes");
+            node.metrics.record_error(ErrorKind::MissingBytes);
+        }
+    })?;
+    if opened.len != entry.size as u64 {
+        log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.len; "stored size differs from metadata");
+        node.metrics.record_error(ErrorKind::SizeMismatch);
+    }
+    let total = opened.len;
+    let len = len.unwrap_or(total.saturating_sub(offset)).min(total.saturating_sub(offset));
+    let content = match (opened.inline, opened.file) {
+        (Some(bytes), _) => Content::Inline(bytes.slice(offset as usize..(offset + len) as usize)),
+        (None, Some(file)) => Content::Stream(FileChunks::new(file, offset, len)),
+        (None, None) => return Err(ApiError::Internal("storage returned no content".into())),
+    };
+    node.metrics.record_file_op(FileOp::Read, backend_label(entry));
+    Ok(Download { content, total })
+}
+
+pub async fn list_children(node: &Node, dir: &Inode) -> Result<Vec<Inode>, ApiError> {
+    node.meta(ListChildren { parent_id: dir.id }).await
+}
+
+/// A recursive listing in the spec's order: a whole child list, then each child directory's items.
+pub async fn list_tree(node: &Node, dir: &Inode, max_depth: u32) -> Result<Vec<Inode>, ApiError> {
+    let rows = node.meta(ListSubtree { path: dir.path.clone() }).await?;
+    Ok(order_tree(dir, rows, max_depth))
+}
+
+/// Orders a subtree depth-first by whole child lists, keeping entries of depth ≤ `max_depth + 1`.
+pub fn order_tree(dir: &Inode, rows: Vec<Inode>, max_depth: u32) -> Vec<Inode> {
+    use std::collections::HashMap;
+    let mut children: HashMap<i64, Vec<Inode>> = HashMap::new();
+    for row in rows {
+        if let Some(parent) = row.parent_id {
+            children.entry(parent).or_default().push(row);
+        }
+    }
+    for list in children.values_mut() {
+        callfs_actors::metadata::sort_listing(list);
+    }
+    let mut out = Vec::new();
+    emit(&mut children, dir.id, 1, max_depth as u64 + 1, &mut out);
+    out
+}
+
+fn emit(children: &mut std::collections::HashMap<i64, Vec<Inode>>, id: i64, depth: u64, limit: u64, out: &mut Vec<Inode>) {
+    if depth > limit {
+        return;
+    }
+    let Some(list) = children.remove(&id) else { return };
+    let dirs: Vec<i64> = list.iter().filter(|e| e.is_dir()).map(|e| e.id).collect();
+    out.extend(list);
+    for child in dirs {
+        emit(children, child, depth + 1, limit, out);
+    }
+}
+
+/// PATCH request, validated.
+#[derive(Debug, Clone)]
+pub struct MoveRequest {
+    pub source: CanonicalPath,
+    pub destination: CanonicalPath,
+    pub overwrite: bool,
+    pub create_parents: bool,
+    pub is_rename: bool,
+    pub backend: Option<String>,
+    pub instance: Option<String>,
+}
+
+/// PATCH rename/move within this node and backend (api.md §8.5 steps 4–6).
+pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+    let source = read_entry(node, &req.source).await?;
+    check_delete(identity, &source)?;
+    let dst_lineage = lineage(node, &req.destination).await?;
+    check_write(identity, &dst_lineage)?;
+    check_move_shape(node, &req, &source)?;
+    if let Route::Peer(owner) = route(node, &source) {
+        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
+    }
+
+    let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
+    let source = read_entry(node, &req.source).await?;
+    let dst_lineage = lineage(node, &req.destination).await?;
+    if dst_lineage.blocked_by_file() {
+        return Err(ApiError::NotADirectory);
+    }
+    if dst_lineage.parent().is_none() && !req.create_parents {
+        return Err(ApiError::BadRequest("destination parent directory does not exist".into()));
+    }
+    if let Some(existing) = &dst_lineage.target {
+        if !req.overwrite {
+            return Err(ApiError::AlreadyExists("the destination already exists".into()));
+        }
+        if existing.kind != source.kind {
+            return Err(ApiError::AlreadyExists("cannot overwrite between a file and a directory".into()));
+        }
+        if existing.is_dir() && !list_children(node, existing).await?.is_empty() {
+            return Err(ApiError::DirectoryNotEmpty);
+        }
+    }
+
+    let started = Instant::now();
+    let moved = node.disk(MovePath { from: req.source.as_str().into(), to: req.destination.as_str().into() }).await;
+    let moved = match moved {
+        // A directory holding only other nodes' files may have no physical tree here.
+        Err(ApiError::FileNotFound) if source.is_dir() => Ok(false),
+        Ok(()) => Ok(true),
+        Err(err) => Err(err),
+    };
+    node.metrics.record_backend(backend_label(&source), BackendOp::Move, backend_ok(&moved), started.elapsed());
+    let bytes_moved = moved?;
+    let rename = RenameEntry {
+        source_path: req.source.as_str().into(),
+        destination_path: req.destination.as_str().into(),
+        overwrite: req.overwrite,
+        create_parents: req.create_parents,
+        parents: NewEntry {
+            path: req.destination.as_str().into(),
+            is_dir: true,
+            size: 0,
+            owner: source.owner.clone(),
+            backend_type: node.settings.default_backend.clone(),
+            instance_id: Some(node.settings.instance_id.clone()),
+        },
+        relocate_to: None,
+    };
+    if let Err(err) = node.meta(rename).await {
+        if bytes_moved {
+            // Put the bytes back so the source stays whole.
+            let back = MovePath { from: req.destination.as_str().into(), to: req.source.as_str().into() };
+            if node.disk(back).await.is_err() {
+                node.metrics.record_error(ErrorKind::OrphanBytes);
+            }
+        }
+        return Err(err);
+    }
+    let op = if req.is_rename { FileOp::Rename } else { FileOp::Move };
+    node.metrics.record_file_op(op, backend_label(&source));
+    Ok(req.destination)
+}
+
+/// The receiving-node checks of api.md §8.5 step 5.
+fn check_move_shape(node: &Node, req: &MoveRequest, source: &Inode) -> Result<(), ApiError> {
+    if req.source.is_root() || req.destination.is_root() {
+        return Err(ApiError::BadRequest("the root directory cannot be moved".into()));
+    }
+    let backend_change = req.backend.as_deref().is_some_and(|b| b != source.backend_type);
+    let instance_change =
+        req.instance.as_deref().is_some_and(|i| source.callfs_instance_id.as_deref() != Some(i));
+    if req.destination == req.source && !backend_change && !instance_change {
+        return Err(ApiError::BadRequest("destination equals source".into()));
+    }
+    if req.destination.is_within(&req.source) && req.destination != req.source {
+        return Err(ApiError::BadRequest("cannot move a directory into its own subtree".into()));
+    }
+    if let Some(backend) = req.backend.as_deref() {
+        if backend != "localfs" && backend != "s3" {
+            return Err(ApiError::BadRequest(format!("unknown backend \"{backend}\"")));
+        }
+    }
+    if let Some(instance) = req.instance.as_deref() {
+        if instance != node.settings.instance_id && !node.settings.peers.contains_key(instance) {
+            return Err(ApiError::BadRequest(format!("unknown instance \"{instance}\"")));
+        }
+    }
+    if source.is_dir() && (backend_change || instance_change) {
+        return Err(ApiError::BadRequest("moving a directory to another backend or node is not supported".into()));
+    }
+    if backend_change || instance_change {
+        return Err(ApiError::BadRequest("the target backend is not configured on this node".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDateTime;
+
+    fn inode(id: i64, parent: i64, path: &str, dir: bool) -> Inode {
+        let t = NaiveDateTime::default();
+        Inode {
+            id,
+            parent_id: Some(parent),
+            name: path.rsplit('/').next().unwrap().to_string(),
+            path: path.to_string(),
+            kind: if dir { "directory" } else { "file" }.to_string(),
+            size: 0,
+            mode: String::new(),
+            owner: "alice".into(),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            backend_type: "localfs".into(),
+            callfs_instance_id: None,
+            content_version: 1,
+            erasure_coded: false,
+            symlink_target: None,
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    #[test]
+    fn tree_order_is_whole_child_lists_then_descend() {
+        let root = inode(1, 0, "/p", true);
+        let rows = vec![
+            inode(2, 1, "/p/b", true),
+            inode(3, 1, "/p/a", true),
+            inode(4, 1, "/p/z.txt", false),
+            inode(5, 3, "/p/a/x.txt", false),
+            inode(6, 2, "/p/b/y.txt", false),
+            inode(7, 3, "/p/a/deep", true),
+            inode(8, 7, "/p/a/deep/leaf.txt", false),
+        ];
+        let names = |v: Vec<Inode>| v.into_iter().map(|i| i.path).collect::<Vec<_>>();
+        assert_eq!(
+            names(order_tree(&root, rows.clone(), 100)),
+            vec!["/p/z.txt", "/p/a", "/p/b", "/p/a/x.txt", "/p/a/deep", "/p/a/deep/leaf.txt", "/p/b/y.txt"]
+        );
+        assert_eq!(names(order_tree(&root, rows.clone(), 0)), vec!["/p/z.txt", "/p/a", "/p/b"]);
+        assert_eq!(names(order_tree(&root, rows, 1)).len(), 6);
+    }
+
+    fn identity(user: &str) -> Identity {
+        Identity { user_id: user.into(), is_admin: false, internal: false, proxied_by: None }
+    }
+
+    #[test]
+    fn write_rules_follow_the_owner_and_parent() {
+        let file = inode(2, 1, "/f", false);
+        let dir = inode(3, 1, "/d", true);
+        let lineage = |target: Option<Inode>, parent: Option<Inode>| Lineage {
+            target,
+            parent_path: parent.as_ref().map(|p| crate::path::parse_json_path(&p.path).unwrap().path),
+            ancestors: parent.into_iter().collect(),
+        };
+        assert!(check_write(&identity("alice"), &lineage(Some(file.clone()), None)).is_ok());
+        assert!(check_write(&identity("bob"), &lineage(Some(file.clone()), None)).is_err());
+        assert!(check_write(&identity("bob"), &lineage(Some(dir.clone()), None)).is_ok());
+        assert!(check_write(&identity("bob"), &lineage(None, Some(dir))).is_ok());
+        assert!(check_write(&identity("bob"), &lineage(None, Some(file))).is_err());
+        assert!(check_write(&identity("bob"), &lineage(None, None)).is_ok());
+    }
+}

@@ -1,0 +1,246 @@
+//! `/v1/files/{path}` (api.md §8).
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use bytes::Bytes;
+use callfs_actors::metadata::Inode;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::files::{self, Content, MoveRequest, WriteMode, Written};
+use crate::http::conditional::{http_date, plan, Conditions, Plan, Validators};
+use crate::http::extract::{content_length, path_under};
+use crate::node::Node;
+use crate::path::{parse_json_path, validate_segment};
+
+const PREFIX: &str = "/v1/files";
+const PATCH_BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn rfc3339(t: chrono::NaiveDateTime) -> String {
+    t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The listing item of api.md §8.1.
+pub fn item(entry: &Inode) -> serde_json::Value {
+    json!({
+        "name": entry.name,
+        "path": entry.path,
+        "type": entry.kind,
+        "size": entry.size,
+        "mode": entry.mode,
+        "owner": entry.owner,
+        "mtime": rfc3339(entry.mtime),
+    })
+}
+
+/// The metadata headers of api.md §8.0.
+fn metadata_headers(res: &mut HttpResponseBuilder, entry: &Inode) {
+    res.insert_header(("X-CallFS-Type", entry.kind.as_str()))
+        .insert_header(("X-CallFS-Size", entry.size.to_string()))
+        .insert_header(("X-CallFS-Mode", entry.mode.as_str()))
+        .insert_header(("X-CallFS-Owner", entry.owner.as_str()))
+        .insert_header(("X-CallFS-MTime", rfc3339(entry.mtime)))
+        .insert_header(("X-CallFS-Backend", entry.backend_type.as_str()));
+    if let Some(instance) = entry.callfs_instance_id.as_deref() {
+        res.insert_header(("X-CallFS-Instance-ID", instance));
+    }
+    if entry.is_file() {
+        res.insert_header((header::ETAG, entry.etag()))
+            .insert_header((header::LAST_MODIFIED, http_date(entry.mtime)))
+            .insert_header((header::ACCEPT_RANGES, "bytes"))
+            .content_type("application/octet-stream");
+    } else {
+        res.content_type("application/json");
+    }
+}
+
+/// An empty body that still announces a length: HEAD responses carry the file's `Content-Length`.
+struct AnnouncedLength(u64);
+
+impl MessageBody for AnnouncedLength {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.0)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+}
+
+fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn get(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -> Result<HttpResponse, ApiError> {
+    let parsed = path_under(&req, PREFIX)?;
+    let entry = files::read_entry(&node, &parsed.path).await?;
+    let mut res = HttpResponse::Ok();
+    metadata_headers(&mut res, &entry);
+    if entry.is_dir() {
+        let children = files::list_children(&node, &entry).await?;
+        let items: Vec<_> = children.iter().map(item).collect();
+        return Ok(res.body(serde_json::Value::Array(items).to_string()));
+    }
+    if let files::Route::Peer(owner) = files::route(&node, &entry) {
+        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
+    }
+    let conditions = Conditions {
+        range: header_str(&req, header::RANGE),
+        if_range: header_str(&req, header::IF_RANGE),
+        if_none_match: header_str(&req, header::IF_NONE_MATCH),
+        if_modified_since: header_str(&req, header::IF_MODIFIED_SINCE),
+    };
+    let etag = entry.etag();
+    let validators = Validators { etag: &etag, mtime: entry.mtime };
+    let (offset, len, partial) = match plan(&conditions, &validators, entry.size as u64) {
+        Plan::NotModified => {
+            let mut res = HttpResponse::NotModified();
+            metadata_headers(&mut res, &entry);
+            return Ok(res.finish());
+        }
+        Plan::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(entry.size as u64)),
+        Plan::Full => (0, None, false),
+        Plan::Partial { first, last } => (first, Some(last - first + 1), true),
+    };
+    let download = files::open_range(&node, &entry, offset, len).await?;
+    if partial {
+        let last = offset + len.unwrap_or(0) - 1;
+        res.status(StatusCode::PARTIAL_CONTENT)
+            .insert_header((header::CONTENT_RANGE, format!("bytes {offset}-{}/{}", last.min(download.total.saturating_sub(1)), download.total)));
+    }
+    Ok(match download.content {
+        Content::Inline(bytes) => res.body(bytes),
+        Content::Stream(stream) => {
+            let len = len.unwrap_or(download.total - offset);
+            res.no_chunking(len).streaming(stream)
+        }
+    })
+}
+
+pub async fn head(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -> Result<HttpResponse, ApiError> {
+    let parsed = path_under(&req, PREFIX)?;
+    let entry = files::read_entry(&node, &parsed.path).await?;
+    if let files::Route::Peer(owner) = files::route(&node, &entry) {
+        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
+    }
+    let mut res = HttpResponse::Ok();
+    metadata_headers(&mut res, &entry);
+    let length = if entry.is_file() { entry.size as u64 } else { 0 };
+    Ok(res.body(AnnouncedLength(length)))
+}
+
+pub async fn post(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    identity: Identity,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = path_under(&req, PREFIX)?;
+    if parsed.directory_form {
+        let created = files::create_directory(&node, &identity, &parsed.path).await?;
+        return Ok(if created { HttpResponse::Created().finish() } else { HttpResponse::Ok().finish() });
+    }
+    let length = content_length(&req);
+    files::write_file(&node, &identity, &parsed.path, WriteMode::CreateOnly, payload, length).await?;
+    Ok(HttpResponse::Created().finish())
+}
+
+pub async fn put(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    identity: Identity,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = path_under(&req, PREFIX)?;
+    if parsed.directory_form || parsed.path.is_root() {
+        return Err(ApiError::BadRequest("PUT needs a file path, not a directory".into()));
+    }
+    let length = content_length(&req);
+    let written =
+        files::write_file(&node, &identity, &parsed.path, WriteMode::CreateOrReplace, payload, length)
+            .await?;
+    Ok(match written {
+        Written::Created => HttpResponse::Created().finish(),
+        Written::Replaced => HttpResponse::Ok().finish(),
+    })
+}
+
+pub async fn delete(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
+    let parsed = path_under(&req, PREFIX)?;
+    files::delete_entry(&node, &identity, &parsed.path).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// PATCH body (api.md §8.5); `null` means absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    name: Option<String>,
+    destination: Option<String>,
+    backend: Option<String>,
+    instance: Option<String>,
+    overwrite: Option<bool>,
+    create_parents: Option<bool>,
+}
+
+pub async fn patch(
+    req: HttpRequest,
+    node: web::Data<Node>,
+    identity: Identity,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = path_under(&req, PREFIX)?;
+    let body = read_limited(payload, PATCH_BODY_LIMIT).await?;
+    let body: PatchBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let request = move_request(&req, parsed.path, body)?;
+    let destination = files::move_entry(&node, &identity, request).await?;
+    Ok(HttpResponse::Ok().json(json!({"path": destination.as_str()})))
+}
+
+fn move_request(req: &HttpRequest, source: crate::path::CanonicalPath, body: PatchBody) -> Result<MoveRequest, ApiError> {
+    let name = body.name.filter(|n| !n.is_empty());
+    let destination = body.destination.filter(|d| !d.is_empty());
+    let (destination, is_rename) = match (name, destination) {
+        (Some(name), None) => {
+            validate_segment(&name)?;
+            let parent = source.parent().ok_or_else(|| ApiError::BadRequest("the root cannot be renamed".into()))?;
+            (parent.join(&name), true)
+        }
+        (None, Some(destination)) => (parse_json_path(&destination)?.path, false),
+        _ => return Err(ApiError::BadRequest("exactly one of name and destination is required".into())),
+    };
+    let overwrite_query = req.query_string().split('&').any(|kv| kv == "overwrite=true");
+    Ok(MoveRequest {
+        source,
+        destination,
+        overwrite: body.overwrite.unwrap_or(false) || overwrite_query,
+        create_parents: body.create_parents.unwrap_or(false),
+        is_rename,
+        backend: body.backend.filter(|b| !b.is_empty()),
+        instance: body.instance.filter(|i| !i.is_empty()),
+    })
+}
+
+/// Reads a small JSON body, refusing more than `limit` bytes.
+pub async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BadRequest(format!("JSON body larger than {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,3 @@
+pub mod directories;
+pub mod files;
+pub mod system;

@@ -1,0 +1,52 @@
+//! `/health`, `/ready`, `/metrics` (api.md §7).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use callfs_actors::metadata::Ping;
+use callfs_actors::metrics::{RenderMetrics, CONTENT_TYPE};
+use callfs_actors::storage::localfs::CheckRoot;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(r#"{"status":"ok"}"#)
+}
+
+fn verdict<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::time::error::Elapsed>) -> String {
+    match result {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(err)) => format!("failed: {err}"),
+        Err(_) => "failed: timed out".to_string(),
+    }
+}
+
+pub async fn ready(node: web::Data<Node>) -> HttpResponse {
+    let metadata = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
+        node.metadata.send(Ping).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    });
+    let localfs = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
+        node.localfs.send(CheckRoot).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    });
+    let (metadata, localfs) = tokio::join!(metadata, localfs);
+    let mut checks = Map::new();
+    checks.insert("metadata_store".into(), Value::String(verdict(metadata)));
+    checks.insert("localfs".into(), Value::String(verdict(localfs)));
+    let ok = checks.values().all(|v| v == "ok");
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
+    let mut res = if ok { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    res.content_type("application/json").body(body.to_string())
+}
+
+pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let text = node
+        .metrics_actor
+        .send(RenderMetrics)
+        .await?
+        .map_err(|e| ApiError::Internal(format!("metrics encoding: {e}")))?;
+    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(text))
+}

@@ -1,0 +1,353 @@
+//! The request pipeline around every route (api.md §3): correlation ids, the API rate limit,
+//! authentication, security headers, and — when the body has been sent or the client went away —
+//! exactly one metrics record and one request log line.
+
+use std::future::{ready, Future, Ready};
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, Error, HttpMessage, ResponseError};
+use bytes::Bytes;
+use callfs_actors::metrics::{LimiterLabel, LimiterLabels, MethodLabel, Metrics, RouteLabel};
+
+use crate::auth::{resolve_identity, Identity};
+use crate::correlation::{request_id, TraceContext};
+use crate::error::ApiError;
+use crate::logging::{format_duration, short_token};
+use crate::node::Node;
+use crate::rate_limit::client_ip;
+
+const SECURITY_HEADERS: [(&str, &str); 7] = [
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    (
+        "permissions-policy",
+        "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=(), gyroscope=(), accelerometer=()",
+    ),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-embedder-policy", "require-corp"),
+];
+
+/// Correlation data of one request, available to handlers through the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub trace: TraceContext,
+    pub client_ip: IpAddr,
+}
+
+/// The route pattern of a raw path: the only form that reaches a metric label.
+pub fn route_of(path: &str) -> RouteLabel {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    match path {
+        "/health" => RouteLabel::Health,
+        "/ready" => RouteLabel::Ready,
+        "/metrics" => RouteLabel::Metrics,
+        "/v1/links/generate" => RouteLabel::LinksGenerate,
+        "/v1/internal/localfs-move" => RouteLabel::InternalLocalfsMove,
+        _ if under("/v1/files") => RouteLabel::Files,
+        _ if under("/v1/directories") => RouteLabel::Directories,
+        _ if path.starts_with("/v1/internal/localfs/") => RouteLabel::InternalLocalfs,
+        _ if path.starts_with("/download/") && path.len() > "/download/".len() => RouteLabel::Download,
+        _ => RouteLabel::Unmatched,
+    }
+}
+
+/// What the pipeline needs to authenticate a route before it is resolved.
+enum Guard {
+    None,
+    Bearer,
+    InternalOnly,
+}
+
+fn guard_of(path: &str, route: RouteLabel, metrics_require_auth: bool) -> Guard {
+    if path.starts_with("/v1/internal/") {
+        Guard::InternalOnly
+    } else if path.starts_with("/v1/") || path == "/v1" || (route == RouteLabel::Metrics && metrics_require_auth) {
+        Guard::Bearer
+    } else {
+        Guard::None
+    }
+}
+
+pub struct Pipeline;
+
+impl<S, B> Transform<S, ServiceRequest> for Pipeline
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<RecordedBody>;
+    type Error = Error;
+    type Transform = PipelineService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(PipelineService { service: Rc::new(service) }))
+    }
+}
+
+pub struct PipelineService<S> {
+    service: Rc<S>,
+}
+
+impl<S, B> Service<ServiceRequest> for PipelineService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<RecordedBody>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        Box::pin(async move {
+            let Some(node) = req.app_data::<web::Data<Node>>().cloned() else {
+                return Err(actix_web::error::ErrorInternalServerError("node state missing"));
+            };
+            let mut record = Record::begin(&req, &node);
+            let secure = req.app_config().secure();
+            let ctx = RequestContext {
+                request_id: record.request_id.clone(),
+                trace: record.trace.clone(),
+                client_ip: record.client_ip,
+            };
+            req.extensions_mut().insert(ctx);
+
+            let early = admit(&req, &node, record.route).map(|identity| {
+                if let Some(identity) = identity {
+                    record.user_id = Some(identity.user_id.clone());
+                    record.via = identity.proxied_by.clone();
+                    req.extensions_mut().insert(identity);
+                }
+            });
+            let mut res = match early {
+                Ok(()) => service.call(req).await?.map_into_boxed_body(),
+                Err(err) => req.error_response(err).map_into_boxed_body(),
+            };
+            if let Some(err) = res.response().error() {
+                if res.status().is_server_error() {
+                    record.error = Some(err.to_string());
+                }
+            }
+            decorate(res.headers_mut(), &record, secure);
+            record.status = res.status().as_u16();
+            record.head_request = res.request().method() == actix_web::http::Method::HEAD;
+            Ok(res.map_body(|_, body| RecordedBody { body, record: Some(record), failed: false }))
+        })
+    }
+}
+
+/// Rate limit and authentication, before routing (api.md §3 stages 3–4).
+fn admit(req: &ServiceRequest, node: &Node, route: RouteLabel) -> Result<Option<Identity>, ApiError> {
+    let path = req.path();
+    let guard = guard_of(path, route, node.settings.metrics_require_auth);
+    if matches!(guard, Guard::None) {
+        return Ok(None);
+    }
+    if path.starts_with("/v1/")
+        && !path.starts_with("/v1/internal/")
+        && route != RouteLabel::LinksGenerate
+        && node.api_limiter.is_enabled()
+    {
+        let ip = req.extensions().get::<RequestContext>().map(|c| c.client_ip);
+        if let Some(ip) = ip {
+            if let Err(retry_after) = node.api_limiter.check(ip) {
+                node.metrics.rate_limited.get_or_create(&LimiterLabels { limiter: LimiterLabel::Api }).inc();
+                return Err(ApiError::RateLimited(retry_after));
+            }
+        }
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let principal = node.keys.authenticate(header("authorization")).ok_or_else(|| {
+        log::debug!(path = path; "authentication failed");
+        ApiError::AuthenticationFailed
+    })?;
+    let identity = resolve_identity(principal, header("x-callfs-original-user"), header("x-callfs-proxied-by"));
+    if matches!(guard, Guard::InternalOnly) && !identity.internal {
+        return Err(ApiError::PermissionDenied("internal endpoint".into()));
+    }
+    Ok(Some(identity))
+}
+
+fn decorate(headers: &mut actix_web::http::header::HeaderMap, record: &Record, secure: bool) {
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    if secure {
+        headers.insert(
+            HeaderName::from_static("strict-transport-security"),
+            HeaderValue::from_static("max-age=31536000; includeSubDomains; preload"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&record.trace.header_value()) {
+        headers.insert(HeaderName::from_static("traceparent"), v);
+    }
+}
+
+/// Everything the final metrics record and log line need. Recorded exactly once, on drop.
+pub struct Record {
+    started: Instant,
+    metrics: Metrics,
+    method: String,
+    route: RouteLabel,
+    raw_path: String,
+    user_agent: String,
+    client_ip: IpAddr,
+    request_id: String,
+    trace: TraceContext,
+    user_id: Option<String>,
+    via: Option<String>,
+    error: Option<String>,
+    /// 499 until a status is known: a dropped request future means the client went away.
+    status: u16,
+    head_request: bool,
+    body_done: bool,
+}
+
+impl Record {
+    fn begin(req: &ServiceRequest, node: &Node) -> Self {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let route = route_of(req.path());
+        let raw_path = match (route, req.path().strip_prefix("/download/")) {
+            (RouteLabel::Download, Some(token)) => format!("/download/{}", short_token(token)),
+            _ => req.path().to_string(),
+        };
+        Record {
+            started: Instant::now(),
+            metrics: node.metrics.clone(),
+            method: req.method().as_str().to_string(),
+            route,
+            raw_path,
+            user_agent: header("user-agent").unwrap_or("").to_string(),
+            client_ip: client_ip(peer, header("x-forwarded-for"), &node.settings.trusted_proxies),
+            request_id: request_id(header("x-request-id")),
+            trace: TraceContext::from_header(header("traceparent")),
+            user_id: None,
+            via: None,
+            error: None,
+            status: 499,
+            head_request: false,
+            body_done: false,
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let aborted = !self.body_done && !self.head_request && self.status != 499;
+        if aborted && self.error.is_none() {
+            self.error = Some("response stream aborted".into());
+            self.metrics.record_error(callfs_actors::metrics::ErrorKind::StreamAborted);
+        }
+        self.metrics.record_http(MethodLabel::from_method(&self.method), self.route, self.status, elapsed);
+        let level = if self.status >= 500 || aborted {
+            log::Level::Error
+        } else if matches!(self.route, RouteLabel::Health | RouteLabel::Ready | RouteLabel::Metrics) {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        if !log::log_enabled!(level) {
+            return;
+        }
+        log_request(self, level, elapsed);
+    }
+}
+
+fn log_request(r: &Record, level: log::Level, elapsed: Duration) {
+    let duration = format_duration(elapsed);
+    let remote_addr = r.client_ip.to_string();
+    log::log!(
+        level,
+        method = r.method.as_str(),
+        path = r.raw_path.as_str(),
+        status = r.status,
+        duration = duration.as_str(),
+        user_agent = r.user_agent.as_str(),
+        remote_addr = remote_addr.as_str(),
+        request_id = r.request_id.as_str(),
+        trace_id = r.trace.trace_id.as_str(),
+        user_id = r.user_id.as_deref().filter(|u| !u.is_empty()),
+        via = r.via.as_deref(),
+        error = r.error.as_deref();
+        "HTTP request"
+    );
+}
+
+/// The response body, passed through untouched; completion or abort finishes the [`Record`].
+pub struct RecordedBody {
+    body: BoxBody,
+    record: Option<Record>,
+    failed: bool,
+}
+
+impl MessageBody for RecordedBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_next(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.as_mut() {
+                    record.body_done = !this.failed;
+                }
+                this.record.take();
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.failed = true;
+                if let Some(record) = this.record.as_mut() {
+                    record.error = Some(format!("response stream failed: {err}"));
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        // A body that was never polled to its end (client gone, HEAD) finishes the record here.
+        if let Some(record) = self.record.as_mut() {
+            if matches!(self.body.size(), BodySize::None | BodySize::Sized(0)) {
+                record.body_done = true;
+            }
+        }
+    }
+}
+
+/// `405` with the route's `Allow` header.
+pub fn method_not_allowed(allow: &'static str) -> impl Fn() -> Ready<Result<actix_web::HttpResponse, ApiError>> + Clone {
+    move || ready(Err(ApiError::MethodNotAllowed(allow)))
+}
+
+/// `404 NOT_FOUND` for unmatched paths.
+pub async fn not_found() -> actix_web::HttpResponse {
+    ApiError::RouteNotFound.error_response()
+}

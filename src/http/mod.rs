@@ -1,0 +1,7 @@
+//! The HTTP layer: one route table, thin handlers, the request pipeline.
+
+pub mod conditional;
+pub mod extract;
+pub mod handlers;
+pub mod middleware;
+pub mod routes;

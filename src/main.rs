@@ -1,0 +1,11 @@
+use callfs::cli::{self, Command, ConfigAction};
+
+fn main() {
+    let cli = cli::parse();
+    let code = match cli.command_or_default() {
+        Command::Server { config } => callfs::server::run(config.as_deref()),
+        Command::Config { action: ConfigAction::Validate { config } } => cli::run_validate(config.as_deref()),
+        Command::Version => cli::run_version(),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,109 @@
+//! The node's shared state: actor addresses and the settings requests need, plus the one place
+//! where actor calls get their timeouts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use callfs_actors::locks::{AcquireLock, LockGuard, LockTable};
+use callfs_actors::metadata::MetadataStore;
+use callfs_actors::metrics::{Metrics, MetricsActor};
+use callfs_actors::storage::localfs::LocalFsWorker;
+use callfs_actors::ActorError;
+use ipnet::IpNet;
+
+use crate::auth::KeyRing;
+use crate::error::ApiError;
+use crate::rate_limit::RateLimiter;
+
+/// Limits and switches taken from the configuration once at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub instance_id: String,
+    pub max_upload_bytes: u64,
+    pub read_timeout: Duration,
+    pub file_op_timeout: Duration,
+    pub metadata_op_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub default_backend: String,
+    pub metrics_require_auth: bool,
+    pub peers: BTreeMap<String, String>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+pub struct Node {
+    pub settings: Settings,
+    pub metadata: Addr<MetadataStore>,
+    pub localfs: Addr<LocalFsWorker>,
+    pub locks: Addr<LockTable>,
+    pub metrics: Metrics,
+    pub metrics_actor: Addr<MetricsActor>,
+    pub keys: KeyRing,
+    pub api_limiter: RateLimiter,
+}
+
+/// Sends `msg` and waits at most `timeout`; a timeout becomes `on_timeout`.
+async fn ask<A, M, T>(addr: &Addr<A>, msg: M, timeout: Duration, on_timeout: ApiError) -> Result<T, ApiError>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message<Result = Result<T, ActorError>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::time::timeout(timeout, addr.send(msg)).await {
+        Ok(answer) => Ok(answer??),
+        Err(_) => Err(on_timeout),
+    }
+}
+
+impl Node {
+    /// One metadata round trip, bounded by `server.metadata_op_timeout`.
+    pub async fn meta<M, T>(&self, msg: M) -> Result<T, ApiError>
+    where
+        MetadataStore: Handler<M>,
+        M: Message<Result = Result<T, ActorError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let timeout = self.settings.metadata_op_timeout;
+        ask(&self.metadata, msg, timeout, ApiError::MetadataUnavailable("metadata query timed out".into())).await
+    }
+
+    /// One storage call, bounded by `server.file_op_timeout`.
+    pub async fn disk<M, T>(&self, msg: M) -> Result<T, ApiError>
+    where
+        LocalFsWorker: Handler<M>,
+        M: Message<Result = Result<T, ActorError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let timeout = self.settings.file_op_timeout;
+        ask(&self.localfs, msg, timeout, ApiError::BackendUnavailable("storage call timed out".into())).await
+    }
+
+    /// A storage call without a deadline (it includes receiving a body, bounded by inactivity instead).
+    pub async fn disk_streaming<M, T>(&self, msg: M) -> Result<T, ApiError>
+    where
+        LocalFsWorker: Handler<M>,
+        M: Message<Result = Result<T, ActorError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        Ok(self.localfs.send(msg).await??)
+    }
+
+    /// Takes the path lock, waiting at most `dlm.acquire_timeout`.
+    pub async fn lock(&self, key: &str) -> Result<LockGuard, ApiError> {
+        let msg = AcquireLock { key: key.to_string(), timeout: self.settings.lock_timeout };
+        Ok(self.locks.send(msg).await??)
+    }
+
+    /// Locks two paths in byte order so that concurrent moves cannot deadlock.
+    pub async fn lock_pair(&self, a: &str, b: &str) -> Result<(LockGuard, Option<LockGuard>), ApiError> {
+        if a == b {
+            return Ok((self.lock(a).await?, None));
+        }
+        let (first, second) = if a.as_bytes() <= b.as_bytes() { (a, b) } else { (b, a) };
+        let first = self.lock(first).await?;
+        let second = self.lock(second).await?;
+        Ok((first, Some(second)))
+    }
+}

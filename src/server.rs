@@ -1,0 +1,193 @@
+//! Start-up in the order of observability.md §4, then serve until SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use callfs_actors::locks::LockTable;
+use callfs_actors::metadata::{self, MetadataStore, StoreKind};
+use callfs_actors::metrics::{Metrics, MetricsActor};
+use callfs_actors::storage::localfs::{self, LocalFsWorker, SweepTempFiles};
+
+use crate::auth::KeyRing;
+use crate::config::{self, Config};
+use crate::http::middleware::{not_found, Pipeline};
+use crate::http::routes;
+use crate::node::{Node, Settings};
+use crate::rate_limit::{parse_trusted, RateLimiter};
+use crate::tls;
+
+/// Threads doing blocking disk I/O; an upload occupies one while its body streams in.
+const LOCALFS_THREADS: usize = 64;
+
+pub fn run(config_path: Option<&Path>) -> i32 {
+    let loaded = match config::load(config_path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("Configuration validation failed:");
+            for error in errors {
+                eprintln!("  {error}");
+            }
+            return 1;
+        }
+    };
+    crate::logging::init(&loaded.config.log.level, &loaded.config.log.format);
+    for warning in &loaded.warnings {
+        let key = warning.split(':').next().unwrap_or("");
+        log::warn!(key = key, warning = warning.as_str(); "configuration warning");
+    }
+    let config = loaded.config;
+    match actix_web::rt::System::new().block_on(serve(config)) {
+        Ok(()) => 0,
+        Err(err) => {
+            log::error!(error = err.as_str(); "start-up failed");
+            1
+        }
+    }
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
+        instance_id: config.instance_discovery.instance_id.clone(),
+        max_upload_bytes: config.server.max_upload_bytes,
+        read_timeout: config.server.read_timeout,
+        file_op_timeout: config.server.file_op_timeout,
+        metadata_op_timeout: config.server.metadata_op_timeout,
+        lock_timeout: config.dlm.acquire_timeout,
+        default_backend: config.backend.default_backend.clone(),
+        metrics_require_auth: config.metrics.require_auth,
+        peers: config.instance_discovery.peer_endpoints.clone(),
+        trusted_proxies: parse_trusted(&config.server.trusted_proxies),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let started_at = SystemTime::now();
+    let instance_id = config.instance_discovery.instance_id.clone();
+    let (metrics, registry) = Metrics::new(env!("CARGO_PKG_VERSION"), &instance_id);
+    for peer in config.instance_discovery.peer_endpoints.keys() {
+        metrics.set_peer_up(peer, false);
+    }
+
+    let (kind, target) = match config.metadata_store.kind.as_str() {
+        "postgres" => (StoreKind::Postgres, config.metadata_store.dsn.clone()),
+        _ => (StoreKind::Sqlite, config.metadata_store.sqlite_path.clone()),
+    };
+    let max_connections = config.metadata_store.max_connections;
+    let op_timeout = config.server.metadata_op_timeout;
+    let pool_metrics = metrics.clone();
+    let pool = web::block(move || metadata::connect(kind, &target, max_connections, op_timeout, &pool_metrics))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("metadata store: {e}"))?;
+    let threads = match kind {
+        StoreKind::Sqlite => 4,
+        StoreKind::Postgres => max_connections.max(1) as usize,
+    };
+    let store_metrics = metrics.clone();
+    let metadata = SyncArbiter::start(threads, move || MetadataStore::new(pool.clone(), store_metrics.clone()));
+
+    let locks = LockTable::new(metrics.clone()).start();
+    let root = PathBuf::from(&config.backend.localfs_root_path);
+    let check = root.clone();
+    web::block(move || localfs::check_root(&check))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("localfs root: {e}"))?;
+    let fsync = config.backend.localfs_fsync;
+    let localfs = SyncArbiter::start(LOCALFS_THREADS, move || LocalFsWorker::new(root.clone(), fsync));
+    // Leftovers of uploads cut short by a crash; runs in the background, readiness does not wait.
+    localfs.do_send(SweepTempFiles { older_than: started_at });
+
+    let metrics_actor = MetricsActor::new(registry, metrics.clone()).start();
+    let rate = &config.rate_limit;
+    let node = web::Data::new(Node {
+        settings: settings(&config),
+        metadata,
+        localfs,
+        locks,
+        metrics,
+        metrics_actor,
+        keys: KeyRing::new(config.identities(), &config.auth.internal_proxy_secret),
+        api_limiter: RateLimiter::new(rate.api_per_second, rate.api_burst.max(0) as u32),
+    });
+
+    let api_node = node.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(api_node.clone())
+            .wrap(Pipeline)
+            .configure(routes::configure)
+            .default_service(web::to(not_found))
+    })
+    .client_request_timeout(config.server.read_timeout)
+    .keep_alive(config.server.idle_timeout)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .shutdown_timeout(30);
+
+    let listen = config.listen_socket_addr();
+    let protocol = effective_protocol(&config);
+    let server = match protocol {
+        "https" => {
+            let acceptor = tls::acceptor(&config.server.cert_file, &config.server.key_file)?;
+            server.bind_openssl(&listen, acceptor)
+        }
+        _ => server.bind(&listen),
+    }
+    .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    log::info!(addr = listen.as_str(), kind = "api"; "listener started");
+
+    let api = server.run();
+    let metrics_server = match config.metrics_socket_addr() {
+        Some(addr) => {
+            let metrics_node = node.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(metrics_node.clone())
+                    .configure(routes::configure_metrics_listener)
+                    .default_service(web::to(not_found))
+            })
+            .workers(1)
+            .bind(&addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            log::info!(addr = addr.as_str(), kind = "metrics"; "listener started");
+            Some(server.run())
+        }
+        None => None,
+    };
+
+    log::info!(
+        instance_id = instance_id.as_str(),
+        listen_addr = listen.as_str(),
+        protocol = protocol,
+        metadata_store = config.metadata_store.kind.as_str(),
+        dlm = config.dlm.kind.as_str(),
+        default_backend = config.backend.default_backend.as_str(),
+        version = env!("CARGO_PKG_VERSION");
+        "callfs started"
+    );
+    let result = match metrics_server {
+        Some(metrics_server) => futures_util::future::try_join(api, metrics_server).await.map(|_| ()),
+        None => api.await,
+    };
+    log::info!(in_flight = 0; "shutdown complete");
+    result.map_err(|e| e.to_string())
+}
+
+/// `auto` serves TLS only when both certificate files exist.
+fn effective_protocol(config: &Config) -> &'static str {
+    match config.server.protocol.as_str() {
+        "http" => "http",
+        "auto" => {
+            let present = |f: &str| !f.is_empty() && Path::new(f).exists();
+            if present(&config.server.cert_file) && present(&config.server.key_file) {
+                "https"
+            } else {
+                log::warn!(protocol = "auto"; "certificate files not found; serving plain HTTP");
+                "http"
+            }
+        }
+        _ => "https",
+    }
+}
