@@ -79,11 +79,8 @@ impl KeyRing {
     /// `identities` are `(user id, key)` pairs (named and positional forms already merged); empty keys and an empty
     /// internal secret never match. Only SHA-256 digests are kept.
     pub fn new(identities: Vec<(String, String)>, internal_secret: &str) -> Self {
-        let users = identities
-            .into_iter()
-            .filter(|(_, key)| !key.is_empty())
-            .map(|(user, key)| (user, digest(&key)))
-            .collect();
+        let users =
+            identities.into_iter().filter(|(_, key)| !key.is_empty()).map(|(user, key)| (user, digest(&key))).collect();
         let internal = (!internal_secret.is_empty()).then(|| digest(internal_secret));
         KeyRing { users, internal }
     }
@@ -159,17 +156,12 @@ fn extract_token(value: &str) -> &str {
 
 /// A syntactically valid user id: non-blank, at most 128 bytes, no whitespace or control characters.
 pub fn is_valid_user_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_USER_ID_BYTES
-        && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+    !id.is_empty() && id.len() <= MAX_USER_ID_BYTES && !id.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A valid instance id (`^[A-Za-z0-9._-]{1,100}$`, `config.md` rule 27).
 fn is_valid_instance_id(id: &str) -> bool {
-    (1..=100).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn is_admin_id(id: &str) -> bool {
@@ -182,33 +174,16 @@ fn is_admin_id(id: &str) -> bool {
 ///   accepted since no client can be root) becomes the user id, with that user's privileges; otherwise the request acts
 ///   as `internal-proxy` (admin). A valid `X-CallFS-Proxied-By` (trimmed instance id) is kept.
 /// * `Principal::User`: both headers are ignored.
-pub fn resolve_identity(
-    p: Principal,
-    original_user: Option<&str>,
-    proxied_by: Option<&str>,
-) -> Identity {
+pub fn resolve_identity(p: Principal, original_user: Option<&str>, proxied_by: Option<&str>) -> Identity {
     match p {
-        Principal::User(user_id) => Identity {
-            is_admin: is_admin_id(&user_id),
-            user_id,
-            internal: false,
-            proxied_by: None,
-        },
+        Principal::User(user_id) => {
+            Identity { is_admin: is_admin_id(&user_id), user_id, internal: false, proxied_by: None }
+        }
         Principal::InternalProxy => {
-            let original = original_user
-                .map(str::trim)
-                .filter(|u| is_valid_user_id(u) && *u != ROOT_USER);
+            let original = original_user.map(str::trim).filter(|u| is_valid_user_id(u) && *u != ROOT_USER);
             let user_id = original.unwrap_or(INTERNAL_PROXY_USER).to_owned();
-            let proxied_by = proxied_by
-                .map(str::trim)
-                .filter(|v| is_valid_instance_id(v))
-                .map(str::to_owned);
-            Identity {
-                is_admin: is_admin_id(&user_id),
-                user_id,
-                internal: true,
-                proxied_by,
-            }
+            let proxied_by = proxied_by.map(str::trim).filter(|v| is_valid_instance_id(v)).map(str::to_owned);
+            Identity { is_admin: is_admin_id(&user_id), user_id, internal: true, proxied_by }
         }
     }
 }
@@ -239,18 +214,9 @@ mod tests {
     #[test]
     fn bearer_scheme() {
         let r = ring();
-        assert_eq!(
-            r.authenticate(Some(&format!("Bearer {ALICE_KEY}"))),
-            user("alice")
-        );
-        assert_eq!(
-            r.authenticate(Some(&format!("Bearer {BOB_KEY}"))),
-            user("bob")
-        );
-        assert_eq!(
-            r.authenticate(Some("Bearer positional-key-0000")),
-            user("api-user-0")
-        );
+        assert_eq!(r.authenticate(Some(&format!("Bearer {ALICE_KEY}"))), user("alice"));
+        assert_eq!(r.authenticate(Some(&format!("Bearer {BOB_KEY}"))), user("bob"));
+        assert_eq!(r.authenticate(Some("Bearer positional-key-0000")), user("api-user-0"));
     }
 
     #[test]
@@ -291,10 +257,7 @@ mod tests {
         assert_eq!(r.authenticate(Some("Bearer nope-nope-nope-nope")), None);
         assert_eq!(r.authenticate(Some(&format!("Bearer {ALICE_KEY}x"))), None);
         assert_eq!(r.authenticate(Some(&ALICE_KEY[1..])), None);
-        assert_eq!(
-            r.authenticate(Some(&format!("Bearer {}", ALICE_KEY.to_uppercase()))),
-            None
-        );
+        assert_eq!(r.authenticate(Some(&format!("Bearer {}", ALICE_KEY.to_uppercase()))), None);
         // Another scheme is not stripped: the whole value is the token.
         assert_eq!(r.authenticate(Some(&format!("Basic {ALICE_KEY}"))), None);
         // Only a space separates the scheme.
@@ -305,10 +268,7 @@ mod tests {
     #[test]
     fn internal_secret() {
         let r = ring();
-        assert_eq!(
-            r.authenticate(Some(&format!("Bearer {SECRET}"))),
-            Some(Principal::InternalProxy)
-        );
+        assert_eq!(r.authenticate(Some(&format!("Bearer {SECRET}"))), Some(Principal::InternalProxy));
         assert_eq!(r.authenticate(Some(SECRET)), Some(Principal::InternalProxy));
     }
 
@@ -335,9 +295,8 @@ mod tests {
     #[test]
     fn last_key_in_ring_is_found() {
         // No early exit must not mean "first match wins" bugs for later entries.
-        let ids: Vec<(String, String)> = (0..50)
-            .map(|i| (format!("u{i}"), format!("key-number-{i:04}-padding")))
-            .collect();
+        let ids: Vec<(String, String)> =
+            (0..50).map(|i| (format!("u{i}"), format!("key-number-{i:04}-padding"))).collect();
         let r = KeyRing::new(ids, SECRET);
         assert_eq!(r.authenticate(Some("key-number-0049-padding")), user("u49"));
         assert_eq!(r.authenticate(Some("key-number-0000-padding")), user("u0"));
@@ -347,15 +306,7 @@ mod tests {
     #[test]
     fn user_principal_ignores_proxy_headers() {
         let id = resolve_identity(Principal::User("alice".into()), Some("bob"), Some("node-2"));
-        assert_eq!(
-            id,
-            Identity {
-                user_id: "alice".into(),
-                is_admin: false,
-                internal: false,
-                proxied_by: None
-            }
-        );
+        assert_eq!(id, Identity { user_id: "alice".into(), is_admin: false, internal: false, proxied_by: None });
     }
 
     #[test]

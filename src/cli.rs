@@ -45,9 +45,7 @@ pub enum ConfigAction {
 impl Cli {
     /// The command to run, `server` (with no `--config`) when none was given.
     pub fn command_or_default(&self) -> Command {
-        self.command
-            .clone()
-            .unwrap_or(Command::Server { config: None })
+        self.command.clone().unwrap_or(Command::Server { config: None })
     }
 }
 
@@ -131,12 +129,7 @@ mod tests {
     fn server_takes_config_flag() {
         for flag in ["-c", "--config"] {
             let cli = try_parse(&["server", flag, "/etc/callfs.yaml"]).unwrap();
-            assert_eq!(
-                cli.command,
-                Some(Command::Server {
-                    config: Some(PathBuf::from("/etc/callfs.yaml"))
-                })
-            );
+            assert_eq!(cli.command, Some(Command::Server { config: Some(PathBuf::from("/etc/callfs.yaml")) }));
         }
     }
 
@@ -145,44 +138,25 @@ mod tests {
         let cli = try_parse(&["config", "validate", "-c", "c.json"]).unwrap();
         assert_eq!(
             cli.command,
-            Some(Command::Config {
-                action: ConfigAction::Validate {
-                    config: Some(PathBuf::from("c.json"))
-                }
-            })
+            Some(Command::Config { action: ConfigAction::Validate { config: Some(PathBuf::from("c.json")) } })
         );
         let cli = try_parse(&["config", "validate"]).unwrap();
-        assert_eq!(
-            cli.command,
-            Some(Command::Config {
-                action: ConfigAction::Validate { config: None }
-            })
-        );
+        assert_eq!(cli.command, Some(Command::Config { action: ConfigAction::Validate { config: None } }));
     }
 
     #[test]
     fn version_command_and_flag() {
-        assert_eq!(
-            try_parse(&["version"]).unwrap().command,
-            Some(Command::Version)
-        );
+        assert_eq!(try_parse(&["version"]).unwrap().command, Some(Command::Version));
         let err = try_parse(&["--version"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::DisplayVersion);
         assert_eq!(err.exit_code(), 0);
         assert_eq!(err.to_string().trim(), version_string());
-        assert_eq!(
-            version_string(),
-            format!("callfs {}", env!("CARGO_PKG_VERSION"))
-        );
+        assert_eq!(version_string(), format!("callfs {}", env!("CARGO_PKG_VERSION")));
     }
 
     #[test]
     fn help_exits_zero() {
-        for args in [
-            &["--help"][..],
-            &["server", "--help"],
-            &["config", "validate", "--help"],
-        ] {
+        for args in [&["--help"][..], &["server", "--help"], &["config", "validate", "--help"]] {
             let err = try_parse(args).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
             assert_eq!(err.exit_code(), 0);
@@ -191,13 +165,9 @@ mod tests {
 
     #[test]
     fn unknown_commands_and_flags_exit_two() {
-        for args in [
-            &["frobnicate"][..],
-            &["server", "--bogus"],
-            &["config"],
-            &["config", "check"],
-            &["cluster", "join"],
-        ] {
+        for args in
+            [&["frobnicate"][..], &["server", "--bogus"], &["config"], &["config", "check"], &["cluster", "join"]]
+        {
             let err = try_parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
             assert!(err.use_stderr(), "{args:?}");
@@ -217,14 +187,8 @@ mod tests {
         let (code, out) = render_validate(Ok(loaded));
         assert_eq!(code, 0);
         assert!(out.starts_with("Configuration is valid\n"), "{out}");
-        assert!(
-            out.contains("Metadata store: postgres (postgres://u:***@db/callfs)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Warnings:\n  raft: unknown key, ignored\n"),
-            "{out}"
-        );
+        assert!(out.contains("Metadata store: postgres (postgres://u:***@db/callfs)"), "{out}");
+        assert!(out.contains("Warnings:\n  raft: unknown key, ignored\n"), "{out}");
         assert!(!out.contains("topsecret"), "{out}");
     }
 

@@ -16,9 +16,7 @@ pub fn request_id(incoming: Option<&str>) -> String {
 
 fn is_valid_request_id(id: &str) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The trace context of one request on this node.
@@ -39,16 +37,8 @@ impl TraceContext {
     pub fn from_header(traceparent: Option<&str>) -> Self {
         let span_id = random_hex_id(8);
         match traceparent.and_then(|h| parse_traceparent(h.trim())) {
-            Some((trace_id, flags)) => TraceContext {
-                trace_id: trace_id.to_owned(),
-                span_id,
-                flags: flags.to_owned(),
-            },
-            None => TraceContext {
-                trace_id: random_hex_id(16),
-                span_id,
-                flags: "00".to_owned(),
-            },
+            Some((trace_id, flags)) => TraceContext { trace_id: trace_id.to_owned(), span_id, flags: flags.to_owned() },
+            None => TraceContext { trace_id: random_hex_id(16), span_id, flags: "00".to_owned() },
         }
     }
 
@@ -109,13 +99,7 @@ mod tests {
 
     #[test]
     fn request_id_reused_when_valid() {
-        for id in [
-            "abc",
-            "3f9a1c0b7d2e4a61",
-            "A.b_c:d-e",
-            "x",
-            &"a".repeat(128),
-        ] {
+        for id in ["abc", "3f9a1c0b7d2e4a61", "A.b_c:d-e", "x", &"a".repeat(128)] {
             assert_eq!(request_id(Some(id)), id);
         }
     }
@@ -123,15 +107,7 @@ mod tests {
     #[test]
     fn request_id_regenerated_when_invalid() {
         let long = "a".repeat(129);
-        for bad in [
-            "",
-            "has space",
-            "new\nline",
-            "semi;colon",
-            "slash/x",
-            "ünï",
-            long.as_str(),
-        ] {
+        for bad in ["", "has space", "new\nline", "semi;colon", "slash/x", "ünï", long.as_str()] {
             let id = request_id(Some(bad));
             assert_ne!(id, bad);
             assert!(is_hex_len(&id, 16), "{id}");
@@ -151,10 +127,7 @@ mod tests {
         assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ctx.flags, "01");
         assert!(is_hex_len(&ctx.span_id, 16));
-        assert_ne!(
-            ctx.span_id, "00f067aa0ba902b7",
-            "span id is new for this node"
-        );
+        assert_ne!(ctx.span_id, "00f067aa0ba902b7", "span id is new for this node");
         let with_spaces = TraceContext::from_header(Some(&format!(" {VALID} ")));
         assert_eq!(with_spaces.trace_id, ctx.trace_id);
     }
@@ -205,10 +178,7 @@ mod tests {
     fn header_value_round_trips() {
         let ctx = TraceContext::from_header(Some(VALID));
         let header = ctx.header_value();
-        assert_eq!(
-            header,
-            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", ctx.span_id)
-        );
+        assert_eq!(header, format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", ctx.span_id));
         // A peer receiving our header continues the same trace.
         let next = TraceContext::from_header(Some(&header));
         assert_eq!(next.trace_id, ctx.trace_id);

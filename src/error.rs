@@ -190,6 +190,9 @@ impl From<ActorError> for ApiError {
             ActorError::UploadAborted(msg) => ApiError::BadRequest(format!("upload aborted: {msg}")),
             ActorError::TooLarge => ApiError::PayloadTooLarge,
             ActorError::Internal(msg) => ApiError::Internal(msg),
+            ActorError::PeerUnavailable(msg) => ApiError::PeerUnavailable(msg),
+            ActorError::PeerTimeout => ApiError::PeerTimeout,
+            ActorError::PeerError(msg) => ApiError::PeerError(msg),
         }
     }
 }

@@ -121,7 +121,9 @@ pub fn check_delete(identity: &Identity, entry: &Inode) -> Result<(), ApiError> 
 }
 
 fn other_node_conflict(node: &Node, entry: &Inode, for_directory: bool) -> Option<ApiError> {
-    let Route::Peer(owner) = route(node, entry) else { return None };
+    let Route::Peer(owner) = route(node, entry) else {
+        return None;
+    };
     let peer_label = if node.settings.peers.contains_key(&owner) { owner.as_str() } else { "unknown" };
     node.metrics.record_cross_server(CrossServerOp::ConflictCheck, peer_label, true, None);
     let update_url = (!for_directory)
@@ -156,28 +158,46 @@ pub enum WriteMode {
     CreateOrReplace,
 }
 
+/// Where an upload goes, decided before any byte of the body is read.
+pub enum WritePlan {
+    /// Store here; `Some` is the file being replaced.
+    Local(Option<Box<Inode>>),
+    /// The file lives on another node: stream the body there.
+    Forward(String),
+}
+
+/// The checks of api.md §8.3/§8.4 in their order: size, `Write`, existence, ancestors.
+pub async fn plan_write(
+    node: &Node,
+    identity: &Identity,
+    path: &CanonicalPath,
+    mode: WriteMode,
+    declared_length: Option<u64>,
+) -> Result<WritePlan, ApiError> {
+    if declared_length.is_some_and(|len| len > node.settings.max_upload_bytes) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let lineage = lineage(node, path).await?;
+    check_write(identity, &lineage)?;
+    let plan = check_writable_target(node, &lineage, mode)?;
+    if lineage.blocked_by_file() {
+        return Err(ApiError::NotADirectory);
+    }
+    Ok(plan)
+}
+
 /// Streams an upload to a temporary file, then publishes it under the path lock and commits the row.
 pub async fn write_file(
     node: &Node,
     identity: &Identity,
     path: &CanonicalPath,
     mode: WriteMode,
+    existing: Option<Box<Inode>>,
     payload: Payload,
-    declared_length: Option<u64>,
 ) -> Result<Written, ApiError> {
-    if declared_length.is_some_and(|len| len > node.settings.max_upload_bytes) {
-        return Err(ApiError::PayloadTooLarge);
-    }
-    let lineage = lineage(node, path).await?;
-    check_write(identity, &lineage)?;
-    let existing = check_writable_target(node, &lineage, mode)?;
-    if lineage.blocked_by_file() {
-        return Err(ApiError::NotADirectory);
-    }
-
     let started = Instant::now();
     let op = if existing.is_some() { BackendOp::Update } else { BackendOp::Create };
-    let result = stage_and_commit(node, identity, path, mode, existing.as_ref(), payload).await;
+    let result = stage_and_commit(node, identity, path, mode, existing.as_deref(), payload).await;
     node.metrics.record_backend(BackendLabel::Localfs, op, backend_ok(&result), started.elapsed());
     let written = result?;
     let file_op = if written == Written::Created { FileOp::Create } else { FileOp::Update };
@@ -185,9 +205,11 @@ pub async fn write_file(
     Ok(written)
 }
 
-/// Applies the existence rules before any byte is read; returns the file to replace, if any.
-fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Result<Option<Inode>, ApiError> {
-    let Some(target) = &lineage.target else { return Ok(None) };
+/// Applies the existence rules before any byte is read.
+fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Result<WritePlan, ApiError> {
+    let Some(target) = &lineage.target else {
+        return Ok(WritePlan::Local(None));
+    };
     if target.is_dir() {
         return Err(match mode {
             WriteMode::CreateOnly => ApiError::AlreadyExists("the path is an existing directory".into()),
@@ -198,18 +220,15 @@ fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Res
         WriteMode::CreateOnly => Err(other_node_conflict(node, target, false)
             .unwrap_or_else(|| ApiError::AlreadyExists("the file already exists; use PUT to replace it".into()))),
         WriteMode::CreateOrReplace => match route(node, target) {
-            Route::Local => Ok(Some(target.clone())),
-            Route::Peer(owner) => Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}"))),
+            Route::Local => Ok(WritePlan::Local(Some(Box::new(target.clone())))),
+            Route::Peer(owner) => Ok(WritePlan::Forward(owner)),
         },
     }
 }
 
 /// A backend failure (as opposed to a client or conflict outcome) for the backend metrics.
 fn backend_ok<T>(result: &Result<T, ApiError>) -> bool {
-    !matches!(
-        result,
-        Err(ApiError::Storage(_) | ApiError::InsufficientStorage | ApiError::BackendUnavailable(_))
-    )
+    !matches!(result, Err(ApiError::Storage(_) | ApiError::InsufficientStorage | ApiError::BackendUnavailable(_)))
 }
 
 async fn stage_and_commit(
@@ -272,7 +291,9 @@ async fn commit_under_lock(
     let replace = match (current, mode) {
         (None, _) => None,
         (Some(now), WriteMode::CreateOrReplace)
-            if now.is_file() && matches!(route(node, &now), Route::Local) && existing.is_none_or(|e| e.id == now.id) =>
+            if now.is_file()
+                && matches!(route(node, &now), Route::Local)
+                && existing.is_none_or(|e| e.id == now.id) =>
         {
             Some(now)
         }
@@ -396,16 +417,25 @@ pub async fn create_directory(node: &Node, identity: &Identity, path: &Canonical
     }
 }
 
-/// DELETE: the row first, then the bytes (an unlink failure leaves invisible orphan bytes).
-pub async fn delete_entry(node: &Node, identity: &Identity, path: &CanonicalPath) -> Result<(), ApiError> {
+/// DELETE checks (api.md §8.6): the entry to delete here, or the node to forward to.
+pub async fn plan_delete(
+    node: &Node,
+    identity: &Identity,
+    path: &CanonicalPath,
+) -> Result<Result<Inode, String>, ApiError> {
     if path.is_root() {
         return Err(ApiError::BadRequest("the root directory cannot be deleted".into()));
     }
     let entry = read_entry(node, path).await?;
     check_delete(identity, &entry)?;
-    if let Route::Peer(owner) = route(node, &entry) {
-        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
-    }
+    Ok(match route(node, &entry) {
+        Route::Peer(owner) => Err(owner),
+        Route::Local => Ok(entry),
+    })
+}
+
+/// DELETE: the row first, then the bytes (an unlink failure leaves invisible orphan bytes).
+pub async fn delete_entry(node: &Node, path: &CanonicalPath) -> Result<(), ApiError> {
     let _lock = node.lock(path.as_str()).await?;
     let entry = read_entry(node, path).await?;
     node.meta(DeleteEntry { id: entry.id }).await?;
@@ -489,11 +519,19 @@ pub fn order_tree(dir: &Inode, rows: Vec<Inode>, max_depth: u32) -> Vec<Inode> {
     out
 }
 
-fn emit(children: &mut std::collections::HashMap<i64, Vec<Inode>>, id: i64, depth: u64, limit: u64, out: &mut Vec<Inode>) {
+fn emit(
+    children: &mut std::collections::HashMap<i64, Vec<Inode>>,
+    id: i64,
+    depth: u64,
+    limit: u64,
+    out: &mut Vec<Inode>,
+) {
     if depth > limit {
         return;
     }
-    let Some(list) = children.remove(&id) else { return };
+    let Some(list) = children.remove(&id) else {
+        return;
+    };
     let dirs: Vec<i64> = list.iter().filter(|e| e.is_dir()).map(|e| e.id).collect();
     out.extend(list);
     for child in dirs {
@@ -513,19 +551,26 @@ pub struct MoveRequest {
     pub instance: Option<String>,
 }
 
-/// PATCH rename/move within this node and backend (api.md §8.5 steps 4–6).
-pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+/// PATCH checks on the receiving node (api.md §8.5 steps 4–5); `Some(node)` when another node executes it.
+pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> Result<Option<String>, ApiError> {
     let source = read_entry(node, &req.source).await?;
     check_delete(identity, &source)?;
     let dst_lineage = lineage(node, &req.destination).await?;
     check_write(identity, &dst_lineage)?;
-    check_move_shape(node, &req, &source)?;
-    if let Route::Peer(owner) = route(node, &source) {
-        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
-    }
+    check_move_shape(node, req, &source)?;
+    Ok(match route(node, &source) {
+        Route::Peer(owner) => Some(owner),
+        Route::Local => None,
+    })
+}
 
+/// PATCH rename/move within this node and backend (api.md §8.5 step 6).
+pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
     let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
     let source = read_entry(node, &req.source).await?;
+    if let Route::Peer(_) = route(node, &source) {
+        return Err(ApiError::PeerError("resource moved during the operation; retry".into()));
+    }
     let dst_lineage = lineage(node, &req.destination).await?;
     if dst_lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
@@ -546,7 +591,13 @@ pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> R
     }
 
     let started = Instant::now();
-    let moved = node.disk(MovePath { from: req.source.as_str().into(), to: req.destination.as_str().into() }).await;
+    let moved = node
+        .disk(MovePath {
+            from: req.source.as_str().into(),
+            to: req.destination.as_str().into(),
+            replace: req.overwrite,
+        })
+        .await;
     let moved = match moved {
         // A directory holding only other nodes' files may have no physical tree here.
         Err(ApiError::FileNotFound) if source.is_dir() => Ok(false),
@@ -555,6 +606,24 @@ pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> R
     };
     node.metrics.record_backend(backend_label(&source), BackendOp::Move, backend_ok(&moved), started.elapsed());
     let bytes_moved = moved?;
+    let remote_moved = if source.is_dir() {
+        match move_remote_subtrees(node, &req).await {
+            Ok(moved) => moved,
+            Err(err) => {
+                if bytes_moved {
+                    let back = MovePath {
+                        from: req.destination.as_str().into(),
+                        to: req.source.as_str().into(),
+                        replace: true,
+                    };
+                    let _ = node.disk(back).await;
+                }
+                return Err(err);
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let rename = RenameEntry {
         source_path: req.source.as_str().into(),
         destination_path: req.destination.as_str().into(),
@@ -571,9 +640,11 @@ pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> R
         relocate_to: None,
     };
     if let Err(err) = node.meta(rename).await {
+        undo_remote_moves(node, &req, &remote_moved).await;
         if bytes_moved {
             // Put the bytes back so the source stays whole.
-            let back = MovePath { from: req.destination.as_str().into(), to: req.source.as_str().into() };
+            let back =
+                MovePath { from: req.destination.as_str().into(), to: req.source.as_str().into(), replace: true };
             if node.disk(back).await.is_err() {
                 node.metrics.record_error(ErrorKind::OrphanBytes);
             }
@@ -585,14 +656,64 @@ pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> R
     Ok(req.destination)
 }
 
+/// Moves the physical subtree on every other node holding files below the directory (cluster.md §5).
+async fn move_remote_subtrees(node: &Node, req: &MoveRequest) -> Result<Vec<String>, ApiError> {
+    let rows = node.meta(ListSubtree { path: req.source.as_str().to_string() }).await?;
+    let mut holders: Vec<String> = rows
+        .iter()
+        .filter(|r| r.is_file() && r.backend_type == "localfs")
+        .filter_map(|r| r.callfs_instance_id.clone())
+        .filter(|id| *id != node.settings.instance_id)
+        .collect();
+    holders.sort();
+    holders.dedup();
+    let mut done = Vec::new();
+    for holder in holders {
+        match remote_move(node, &holder, &req.source, &req.destination).await {
+            Ok(()) => done.push(holder),
+            Err(err) => {
+                undo_remote_moves(node, req, &done).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn undo_remote_moves(node: &Node, req: &MoveRequest, holders: &[String]) {
+    for holder in holders.iter().rev() {
+        if remote_move(node, holder, &req.destination, &req.source).await.is_err() {
+            node.metrics.record_error(ErrorKind::OrphanBytes);
+        }
+    }
+}
+
+/// `POST {peer}/v1/internal/localfs-move`; an absent source subtree there is fine.
+async fn remote_move(node: &Node, peer: &str, from: &CanonicalPath, to: &CanonicalPath) -> Result<(), ApiError> {
+    let body = serde_json::json!({"from": from.as_str(), "to": to.as_str()}).to_string();
+    let status = crate::peers::internal_call(
+        node,
+        peer,
+        "POST",
+        "/v1/internal/localfs-move".into(),
+        Some(Bytes::from(body)),
+        CrossServerOp::RemoteMove,
+        BackendOp::Move,
+    )
+    .await?;
+    match status {
+        204 | 404 => Ok(()),
+        other => Err(ApiError::PeerError(format!("node {peer} answered {other} to a subtree move"))),
+    }
+}
+
 /// The receiving-node checks of api.md §8.5 step 5.
 fn check_move_shape(node: &Node, req: &MoveRequest, source: &Inode) -> Result<(), ApiError> {
     if req.source.is_root() || req.destination.is_root() {
         return Err(ApiError::BadRequest("the root directory cannot be moved".into()));
     }
     let backend_change = req.backend.as_deref().is_some_and(|b| b != source.backend_type);
-    let instance_change =
-        req.instance.as_deref().is_some_and(|i| source.callfs_instance_id.as_deref() != Some(i));
+    let instance_change = req.instance.as_deref().is_some_and(|i| source.callfs_instance_id.as_deref() != Some(i));
     if req.destination == req.source && !backend_change && !instance_change {
         return Err(ApiError::BadRequest("destination equals source".into()));
     }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod logging;
 pub mod node;
 pub mod path;
+pub mod peers;
 pub mod rate_limit;
 pub mod server;
 pub mod tls;

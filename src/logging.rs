@@ -177,6 +177,8 @@ fn collect_fields(record: &Record<'_>) -> Vec<(String, String)> {
     let mut collector = FieldCollector(Vec::new());
     // The collector never fails; a failing source just yields the fields gathered so far.
     let _ = record.key_values().visit(&mut collector);
+    // Absent optional fields (`None`) are left out rather than written as null.
+    collector.0.retain(|(_, value)| value != "null");
     collector.0
 }
 
@@ -185,11 +187,7 @@ struct FieldCollector(Vec<(String, String)>);
 impl<'kvs> VisitSource<'kvs> for FieldCollector {
     fn visit_pair(&mut self, key: kv::Key<'kvs>, value: kv::Value<'kvs>) -> Result<(), kv::Error> {
         let key = key.as_str();
-        let key = if COMMON_FIELDS.contains(&key) {
-            format!("field.{key}")
-        } else {
-            key.to_owned()
-        };
+        let key = if COMMON_FIELDS.contains(&key) { format!("field.{key}") } else { key.to_owned() };
         let mut rendered = ValueRenderer(String::new());
         if value.visit(&mut rendered).is_err() || rendered.0.is_empty() {
             rendered.0.clear();
@@ -361,12 +359,7 @@ mod tests {
             ("status", kv::Value::from(201u16)),
             ("duration", kv::Value::from("52.3ms")),
         ];
-        let line = render_with(
-            Level::Info,
-            format_args!("HTTP request"),
-            &kvs,
-            Format::Json,
-        );
+        let line = render_with(Level::Info, format_args!("HTTP request"), &kvs, Format::Json);
         assert_eq!(
             line,
             r#"{"level":"info","ts":"2025-07-15T10:30:00.052Z","caller":"src/http/middleware.rs:80","msg":"HTTP request","method":"PUT","path":"/v1/files/reports/quarterly.pdf","status":201,"duration":"52.3ms"}"#
@@ -386,12 +379,7 @@ mod tests {
             ("c", kv::Value::from('x')),
             ("text", kv::Value::from("42")),
         ];
-        let v = parse(&render_with(
-            Level::Warn,
-            format_args!("m"),
-            &kvs,
-            Format::Json,
-        ));
+        let v = parse(&render_with(Level::Warn, format_args!("m"), &kvs, Format::Json));
         assert_eq!(v["level"], "warn");
         assert_eq!(v["count"], -3);
         assert_eq!(v["big"], u64::MAX);
@@ -406,16 +394,8 @@ mod tests {
     fn display_and_debug_values_are_strings() {
         let addr: std::net::IpAddr = "192.168.1.10".parse().unwrap();
         let list = vec![1, 2];
-        let kvs = [
-            ("remote_addr", kv::Value::from_display(&addr)),
-            ("dbg", kv::Value::from_debug(&list)),
-        ];
-        let v = parse(&render_with(
-            Level::Info,
-            format_args!("m"),
-            &kvs,
-            Format::Json,
-        ));
+        let kvs = [("remote_addr", kv::Value::from_display(&addr)), ("dbg", kv::Value::from_debug(&list))];
+        let v = parse(&render_with(Level::Info, format_args!("m"), &kvs, Format::Json));
         assert_eq!(v["remote_addr"], "192.168.1.10");
         assert_eq!(v["dbg"], "[1, 2]");
     }
@@ -429,10 +409,7 @@ mod tests {
                 true
             }
             fn log(&self, record: &Record<'_>) {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(render(record, Format::Json, now()));
+                self.0.lock().unwrap().push(render(record, Format::Json, now()));
             }
             fn flush(&self) {}
         }
@@ -451,12 +428,9 @@ mod tests {
 
     #[test]
     fn json_levels() {
-        for (level, name) in [
-            (Level::Error, "error"),
-            (Level::Warn, "warn"),
-            (Level::Info, "info"),
-            (Level::Debug, "debug"),
-        ] {
+        for (level, name) in
+            [(Level::Error, "error"), (Level::Warn, "warn"), (Level::Info, "info"), (Level::Debug, "debug")]
+        {
             let v = parse(&render_with(level, format_args!("x"), &[], Format::Json));
             assert_eq!(v["level"], name);
         }
@@ -466,12 +440,7 @@ mod tests {
     fn json_escapes_injection() {
         let evil = "a\"b\\c\nd\re\tf\u{0}g\u{7f}h\u{2028}i\u{85}j";
         let kvs = [("user_agent", kv::Value::from(evil))];
-        let line = render_with(
-            Level::Info,
-            format_args!("msg\n{{\"level\":\"error\"}}"),
-            &kvs,
-            Format::Json,
-        );
+        let line = render_with(Level::Info, format_args!("msg\n{{\"level\":\"error\"}}"), &kvs, Format::Json);
         assert!(!line.contains('\n'));
         assert!(!line.contains('\r'));
         assert!(!line.contains('\u{2028}'));
@@ -484,16 +453,8 @@ mod tests {
 
     #[test]
     fn field_cannot_override_common_fields() {
-        let kvs = [
-            ("msg", kv::Value::from("spoofed")),
-            ("level", kv::Value::from("error")),
-        ];
-        let v = parse(&render_with(
-            Level::Info,
-            format_args!("real"),
-            &kvs,
-            Format::Json,
-        ));
+        let kvs = [("msg", kv::Value::from("spoofed")), ("level", kv::Value::from("error"))];
+        let v = parse(&render_with(Level::Info, format_args!("real"), &kvs, Format::Json));
         assert_eq!(v["msg"], "real");
         assert_eq!(v["level"], "info");
         assert_eq!(v["field.msg"], "spoofed");
@@ -502,16 +463,8 @@ mod tests {
 
     #[test]
     fn console_format() {
-        let kvs = [
-            ("method", kv::Value::from("PUT")),
-            ("status", kv::Value::from(201u16)),
-        ];
-        let line = render_with(
-            Level::Info,
-            format_args!("HTTP request"),
-            &kvs,
-            Format::Console,
-        );
+        let kvs = [("method", kv::Value::from("PUT")), ("status", kv::Value::from(201u16))];
+        let line = render_with(Level::Info, format_args!("HTTP request"), &kvs, Format::Console);
         assert_eq!(
             line,
             "2025-07-15T10:30:00.052Z\tINFO\tsrc/http/middleware.rs:80\tHTTP request\t{\"method\":\"PUT\",\"status\":201}"
@@ -523,10 +476,7 @@ mod tests {
     #[test]
     fn console_without_fields() {
         let line = render_with(Level::Error, format_args!("boom"), &[], Format::Console);
-        assert_eq!(
-            line,
-            "2025-07-15T10:30:00.052Z\tERROR\tsrc/http/middleware.rs:80\tboom"
-        );
+        assert_eq!(line, "2025-07-15T10:30:00.052Z\tERROR\tsrc/http/middleware.rs:80\tboom");
         let warn = render_with(Level::Warn, format_args!("w"), &[], Format::Console);
         assert!(warn.contains("\tWARN\t"));
         let debug = render_with(Level::Debug, format_args!("d"), &[], Format::Console);
@@ -535,37 +485,26 @@ mod tests {
 
     #[test]
     fn console_escapes_injection() {
-        let kvs = [(
-            "path",
-            kv::Value::from("/x\n2025-01-01T00:00:00.000Z\tERROR\tfake"),
-        )];
+        let kvs = [("path", kv::Value::from("/x\n2025-01-01T00:00:00.000Z\tERROR\tfake"))];
         let line = render_with(Level::Info, format_args!("a\tb\nc"), &kvs, Format::Console);
         assert!(!line.contains('\n'));
         let columns: Vec<&str> = line.split('\t').collect();
         assert_eq!(columns.len(), 5, "{line}");
         assert_eq!(columns[3], "a\\tb\\nc");
-        assert_eq!(
-            parse(columns[4])["path"],
-            "/x\n2025-01-01T00:00:00.000Z\tERROR\tfake"
-        );
+        assert_eq!(parse(columns[4])["path"], "/x\n2025-01-01T00:00:00.000Z\tERROR\tfake");
     }
 
     #[test]
     fn caller_of_dependency_is_shortened() {
         let record = Record::builder()
             .level(Level::Warn)
-            .file(Some(
-                "/home/u/.cargo/registry/src/index.crates.io-1/actix-server-2.5.0/src/worker.rs",
-            ))
+            .file(Some("/home/u/.cargo/registry/src/index.crates.io-1/actix-server-2.5.0/src/worker.rs"))
             .line(Some(7))
             .args(format_args!("x"))
             .build();
         let v = parse(&render(&record, Format::Json, now()));
         assert_eq!(v["caller"], "actix-server-2.5.0/src/worker.rs:7");
-        let no_file = Record::builder()
-            .module_path(Some("some::module"))
-            .args(format_args!("x"))
-            .build();
+        let no_file = Record::builder().module_path(Some("some::module")).args(format_args!("x")).build();
         let v = parse(&render(&no_file, Format::Json, now()));
         assert_eq!(v["caller"], "some::module");
     }
@@ -600,10 +539,7 @@ mod tests {
     }
 
     fn enabled(logger: &env_logger::Logger, level: Level, target: &str) -> bool {
-        log::Log::enabled(
-            logger,
-            &log::Metadata::builder().level(level).target(target).build(),
-        )
+        log::Log::enabled(logger, &log::Metadata::builder().level(level).target(target).build())
     }
 
     #[test]

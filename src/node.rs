@@ -9,6 +9,7 @@ use actix::prelude::*;
 use callfs_actors::locks::{AcquireLock, LockGuard, LockTable};
 use callfs_actors::metadata::MetadataStore;
 use callfs_actors::metrics::{Metrics, MetricsActor};
+use callfs_actors::peer::PeerProxy;
 use callfs_actors::storage::localfs::LocalFsWorker;
 use callfs_actors::ActorError;
 use ipnet::IpNet;
@@ -37,6 +38,7 @@ pub struct Node {
     pub metadata: Addr<MetadataStore>,
     pub localfs: Addr<LocalFsWorker>,
     pub locks: Addr<LockTable>,
+    pub peers: Addr<PeerProxy>,
     pub metrics: Metrics,
     pub metrics_actor: Addr<MetricsActor>,
     pub keys: KeyRing,

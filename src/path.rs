@@ -106,10 +106,7 @@ impl CanonicalPath {
     /// Appends one segment. The segment must already be valid ([`validate_segment`]); use [`CanonicalPath::join_checked`]
     /// for untrusted input, which also enforces the total length limit.
     pub fn join(&self, segment: &str) -> CanonicalPath {
-        debug_assert!(
-            validate_segment(segment).is_ok(),
-            "join with an invalid segment"
-        );
+        debug_assert!(validate_segment(segment).is_ok(), "join with an invalid segment");
         if self.is_root() {
             CanonicalPath(format!("/{segment}"))
         } else {
@@ -144,9 +141,7 @@ impl CanonicalPath {
         if other.is_root() || self.0 == other.0 {
             return true;
         }
-        self.0.len() > other.0.len()
-            && self.0.starts_with(other.0.as_str())
-            && self.0.as_bytes()[other.0.len()] == b'/'
+        self.0.len() > other.0.len() && self.0.starts_with(other.0.as_str()) && self.0.as_bytes()[other.0.len()] == b'/'
     }
 
     /// The segments in order; nothing for the root.
@@ -235,9 +230,8 @@ fn parse_decoded(decoded: &str, escaped: &[bool]) -> Result<ParsedPath, PathErro
                 if kept.pop().is_none() {
                     return Err(PathError::EscapesRoot);
                 }
-                let encoded = (start..end).any(was_escaped)
-                    || (start > 0 && was_escaped(start - 1))
-                    || was_escaped(end);
+                let encoded =
+                    (start..end).any(was_escaped) || (start > 0 && was_escaped(start - 1)) || was_escaped(end);
                 if encoded {
                     return Err(PathError::EncodedTraversal);
                 }
@@ -265,10 +259,7 @@ fn parse_decoded(decoded: &str, escaped: &[bool]) -> Result<ParsedPath, PathErro
         }
         CanonicalPath(s)
     };
-    Ok(ParsedPath {
-        path,
-        directory_form,
-    })
+    Ok(ParsedPath { path, directory_form })
 }
 
 /// Percent-decodes once; a `%` not followed by two hex digits is an error (unlike the lenient `percent-encoding` crate).
@@ -314,17 +305,12 @@ mod tests {
 
     /// Parses a full request path the way the router does: everything after the `/v1/files` prefix.
     fn url(full: &str) -> Result<ParsedPath, PathError> {
-        let raw = full
-            .strip_prefix(PREFIX)
-            .expect("test path starts with /v1/files");
+        let raw = full.strip_prefix(PREFIX).expect("test path starts with /v1/files");
         parse_url_path(raw)
     }
 
     fn canon(full: &str) -> String {
-        url(full)
-            .unwrap_or_else(|e| panic!("{full}: {e}"))
-            .path
-            .into_string()
+        url(full).unwrap_or_else(|e| panic!("{full}: {e}")).path.into_string()
     }
 
     fn p(s: &str) -> CanonicalPath {
@@ -367,35 +353,22 @@ mod tests {
 
     #[test]
     fn table_escapes_rejected() {
-        for p in [
-            "/v1/files/..",
-            "/v1/files/../etc/passwd",
-            "/v1/files/a/../..",
-        ] {
+        for p in ["/v1/files/..", "/v1/files/../etc/passwd", "/v1/files/a/../.."] {
             assert_eq!(url(p), Err(PathError::EscapesRoot), "{p}");
         }
     }
 
     #[test]
     fn table_encoded_escapes_rejected() {
-        assert_eq!(
-            url("/v1/files/%2e%2e/%2e%2e/etc/passwd"),
-            Err(PathError::EscapesRoot)
-        );
-        assert_eq!(
-            url("/v1/files/..%2F..%2Fetc%2Fpasswd"),
-            Err(PathError::EscapesRoot)
-        );
+        assert_eq!(url("/v1/files/%2e%2e/%2e%2e/etc/passwd"), Err(PathError::EscapesRoot));
+        assert_eq!(url("/v1/files/..%2F..%2Fetc%2Fpasswd"), Err(PathError::EscapesRoot));
     }
 
     #[test]
     fn table_space_dotdot_escapes() {
         // Plain canonicalisation would give `/etc/passwd`; the table (and §15) require 400.
         assert!(url("/v1/files/test%20..%2F..%2Fetc%2Fpasswd").is_err());
-        assert_eq!(
-            url("/v1/files/test%20..%2F..%2Fetc%2Fpasswd"),
-            Err(PathError::EncodedTraversal)
-        );
+        assert_eq!(url("/v1/files/test%20..%2F..%2Fetc%2Fpasswd"), Err(PathError::EncodedTraversal));
     }
 
     #[test]
@@ -405,21 +378,14 @@ mod tests {
 
     #[test]
     fn table_forbidden_characters() {
-        for p in [
-            "/v1/files/test%00file.txt",
-            "/v1/files/a%01b",
-            "/v1/files/test%5Cfile.txt",
-        ] {
+        for p in ["/v1/files/test%00file.txt", "/v1/files/a%01b", "/v1/files/test%5Cfile.txt"] {
             assert_eq!(url(p), Err(PathError::ForbiddenCharacter), "{p}");
         }
     }
 
     #[test]
     fn table_spaces() {
-        assert_eq!(
-            canon("/v1/files/file%20with%20spaces.txt"),
-            "/file with spaces.txt"
-        );
+        assert_eq!(canon("/v1/files/file%20with%20spaces.txt"), "/file with spaces.txt");
     }
 
     #[test]
@@ -445,15 +411,9 @@ mod tests {
     #[test]
     fn table_length_limits() {
         let seg = "s".repeat(256);
-        assert_eq!(
-            url(&format!("/v1/files/{seg}")),
-            Err(PathError::SegmentTooLong)
-        );
+        assert_eq!(url(&format!("/v1/files/{seg}")), Err(PathError::SegmentTooLong));
         let long = "/abc".repeat(1025); // 4100 bytes
-        assert_eq!(
-            url(&format!("/v1/files{long}")),
-            Err(PathError::PathTooLong)
-        );
+        assert_eq!(url(&format!("/v1/files{long}")), Err(PathError::PathTooLong));
     }
 
     #[test]
@@ -466,11 +426,7 @@ mod tests {
     #[test]
     fn malformed_escapes() {
         for raw in ["/%", "/%4", "/a%4", "/%4g", "/%g4", "/ok%"] {
-            assert_eq!(
-                parse_url_path(raw),
-                Err(PathError::InvalidPercentEncoding),
-                "{raw}"
-            );
+            assert_eq!(parse_url_path(raw), Err(PathError::InvalidPercentEncoding), "{raw}");
         }
     }
 
@@ -500,29 +456,12 @@ mod tests {
         assert_eq!(parse_url_path("/a/%2E/b").unwrap().path.as_str(), "/a/b");
         assert_eq!(parse_url_path("/a%2F.%2Fb").unwrap().path.as_str(), "/a/b");
         // A `..` created by decoding is rejected even inside the root.
-        for raw in [
-            "/a/%2E%2E/b",
-            "/a/.%2e/b",
-            "/a%2F../b",
-            "/a/..%2Fb",
-            "/a/..%2F",
-            "a%2F..",
-        ] {
-            assert_eq!(
-                parse_url_path(raw),
-                Err(PathError::EncodedTraversal),
-                "{raw}"
-            );
+        for raw in ["/a/%2E%2E/b", "/a/.%2e/b", "/a%2F../b", "/a/..%2Fb", "/a/..%2F", "a%2F.."] {
+            assert_eq!(parse_url_path(raw), Err(PathError::EncodedTraversal), "{raw}");
         }
         // Literal `..` next to unrelated escapes is resolved normally.
-        assert_eq!(
-            parse_url_path("/a%20b/../c%20d").unwrap().path.as_str(),
-            "/c d"
-        );
-        assert_eq!(
-            parse_url_path("/x/../%2e%2ey").unwrap().path.as_str(),
-            "/..y"
-        );
+        assert_eq!(parse_url_path("/a%20b/../c%20d").unwrap().path.as_str(), "/c d");
+        assert_eq!(parse_url_path("/x/../%2e%2ey").unwrap().path.as_str(), "/..y");
         // JSON paths are never decoded, so their `..` segments are resolved.
         assert_eq!(parse_json_path("/a/../b").unwrap().path.as_str(), "/b");
     }
@@ -530,15 +469,9 @@ mod tests {
     #[test]
     fn segment_255_ok_256_rejected() {
         let ok = "x".repeat(255);
-        assert_eq!(
-            parse_url_path(&format!("/{ok}")).unwrap().path.as_str(),
-            format!("/{ok}")
-        );
+        assert_eq!(parse_url_path(&format!("/{ok}")).unwrap().path.as_str(), format!("/{ok}"));
         let bad = "x".repeat(256);
-        assert_eq!(
-            parse_url_path(&format!("/{bad}")),
-            Err(PathError::SegmentTooLong)
-        );
+        assert_eq!(parse_url_path(&format!("/{bad}")), Err(PathError::SegmentTooLong));
         // Bytes, not characters: 128 two-byte characters = 256 bytes.
         let multibyte = "é".repeat(128);
         assert_eq!(parse_json_path(&multibyte), Err(PathError::SegmentTooLong));
@@ -560,10 +493,7 @@ mod tests {
         let almost: String = (0..17).map(|_| format!("/{seg240}")).collect();
         assert_eq!(almost.len(), 4097);
         assert_eq!(parse_json_path(&almost), Err(PathError::PathTooLong));
-        assert_eq!(
-            parse_url_path(&almost[..4096]).map(|p| p.path.as_str().len()),
-            Ok(4096)
-        );
+        assert_eq!(parse_url_path(&almost[..4096]).map(|p| p.path.as_str().len()), Ok(4096));
     }
 
     #[test]
@@ -577,21 +507,13 @@ mod tests {
 
     #[test]
     fn bidi_overrides_rejected() {
-        for c in [
-            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
-            '\u{2068}', '\u{2069}',
-        ] {
+        for c in
+            ['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}']
+        {
             let s = format!("/evil{c}txt.exe");
-            assert_eq!(
-                parse_json_path(&s),
-                Err(PathError::ForbiddenCharacter),
-                "{c:?}"
-            );
+            assert_eq!(parse_json_path(&s), Err(PathError::ForbiddenCharacter), "{c:?}");
         }
-        assert_eq!(
-            parse_url_path("/evil%E2%80%AEtxt.exe"),
-            Err(PathError::ForbiddenCharacter)
-        );
+        assert_eq!(parse_url_path("/evil%E2%80%AEtxt.exe"), Err(PathError::ForbiddenCharacter));
         // Neighbours of the ranges are fine.
         assert!(parse_json_path("/a\u{2029}b").is_ok());
         assert!(parse_json_path("/a\u{206a}b").is_ok());
@@ -603,11 +525,7 @@ mod tests {
         assert_eq!(parse_url_path("/a%7Fb"), Err(PathError::ForbiddenCharacter));
         for b in (0u8..0x20).filter(|b| *b != b'\t') {
             let raw = format!("/a%{b:02X}b");
-            assert_eq!(
-                parse_url_path(&raw),
-                Err(PathError::ForbiddenCharacter),
-                "{raw}"
-            );
+            assert_eq!(parse_url_path(&raw), Err(PathError::ForbiddenCharacter), "{raw}");
         }
         assert_eq!(parse_json_path("a\\b"), Err(PathError::ForbiddenCharacter));
     }
@@ -615,22 +533,13 @@ mod tests {
     #[test]
     fn forbidden_characters_checked_before_canonicalisation() {
         // A forbidden character in a segment that `..` would remove still rejects the path.
-        assert_eq!(
-            parse_json_path("/a\0/../b"),
-            Err(PathError::ForbiddenCharacter)
-        );
+        assert_eq!(parse_json_path("/a\0/../b"), Err(PathError::ForbiddenCharacter));
     }
 
     #[test]
     fn reserved_names() {
-        assert_eq!(
-            parse_json_path("/.callfs-tmp-x"),
-            Err(PathError::ReservedName)
-        );
-        assert_eq!(
-            parse_url_path("/dir/.callfs-tmp-abc/file"),
-            Err(PathError::ReservedName)
-        );
+        assert_eq!(parse_json_path("/.callfs-tmp-x"), Err(PathError::ReservedName));
+        assert_eq!(parse_url_path("/dir/.callfs-tmp-abc/file"), Err(PathError::ReservedName));
         assert!(parse_json_path("/.callfs-tmp").is_ok());
         assert!(parse_json_path("/x.callfs-tmp-x").is_ok());
     }
@@ -683,11 +592,7 @@ mod tests {
             assert_eq!(first, again_json, "{input}");
             // The canonical string of a path without '%' also re-parses identically as a URL.
             if !first.as_str().contains('%') {
-                assert_eq!(
-                    parse_url_path(first.as_str()).unwrap().path,
-                    first,
-                    "{input}"
-                );
+                assert_eq!(parse_url_path(first.as_str()).unwrap().path, first, "{input}");
             }
         }
     }
@@ -704,45 +609,21 @@ mod tests {
         assert_eq!(validate_segment("/"), Err(PathError::InvalidName));
         assert_eq!(validate_segment("a\0b"), Err(PathError::ForbiddenCharacter));
         assert_eq!(validate_segment("a\\b"), Err(PathError::ForbiddenCharacter));
-        assert_eq!(
-            validate_segment("a\u{7f}"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            validate_segment("a\u{202e}"),
-            Err(PathError::ForbiddenCharacter)
-        );
+        assert_eq!(validate_segment("a\u{7f}"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(validate_segment("a\u{202e}"), Err(PathError::ForbiddenCharacter));
         assert_eq!(validate_segment(&"n".repeat(255)), Ok(()));
-        assert_eq!(
-            validate_segment(&"n".repeat(256)),
-            Err(PathError::SegmentTooLong)
-        );
-        assert_eq!(
-            validate_segment(".callfs-tmp-x"),
-            Err(PathError::ReservedName)
-        );
+        assert_eq!(validate_segment(&"n".repeat(256)), Err(PathError::SegmentTooLong));
+        assert_eq!(validate_segment(".callfs-tmp-x"), Err(PathError::ReservedName));
         assert_eq!(validate_segment("..."), Ok(()));
     }
 
     #[test]
     fn error_messages() {
         assert_eq!(PathError::EscapesRoot.to_string(), "path escapes the root");
-        assert_eq!(
-            PathError::InvalidPercentEncoding.to_string(),
-            "invalid percent-encoding"
-        );
-        assert_eq!(
-            PathError::ForbiddenCharacter.to_string(),
-            "path contains a forbidden character"
-        );
-        assert_eq!(
-            PathError::SegmentTooLong.to_string(),
-            "path segment longer than 255 bytes"
-        );
-        assert_eq!(
-            PathError::PathTooLong.to_string(),
-            "path longer than 4096 bytes"
-        );
+        assert_eq!(PathError::InvalidPercentEncoding.to_string(), "invalid percent-encoding");
+        assert_eq!(PathError::ForbiddenCharacter.to_string(), "path contains a forbidden character");
+        assert_eq!(PathError::SegmentTooLong.to_string(), "path segment longer than 255 bytes");
+        assert_eq!(PathError::PathTooLong.to_string(), "path longer than 4096 bytes");
         assert_eq!(PathError::ReservedName.to_string(), "reserved name");
     }
 
@@ -785,20 +666,13 @@ mod tests {
         let seg = "y".repeat(255);
         let full: String = (0..16).map(|_| format!("/{seg}")).collect();
         let parent = p(&full).parent().unwrap();
-        assert_eq!(
-            parent.join_checked(&seg).map(|j| j.as_str().len()),
-            Ok(4096)
-        );
+        assert_eq!(parent.join_checked(&seg).map(|j| j.as_str().len()), Ok(4096));
         assert_eq!(p(&full).join_checked("z"), Err(PathError::PathTooLong));
     }
 
     #[test]
     fn ancestors_from_root_down() {
-        let got: Vec<String> = p("/a/b/c")
-            .ancestors()
-            .into_iter()
-            .map(CanonicalPath::into_string)
-            .collect();
+        let got: Vec<String> = p("/a/b/c").ancestors().into_iter().map(CanonicalPath::into_string).collect();
         assert_eq!(got, ["/", "/a", "/a/b"]);
         assert_eq!(p("/a").ancestors(), vec![CanonicalPath::root()]);
     }

@@ -44,37 +44,18 @@ impl RateLimiter {
     /// `rate_per_second` tokens are added per second up to `burst` (a positive rate with burst 0 behaves as burst 1).
     /// A rate of 0 (or negative, or not finite) disables the limiter.
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
-        Self::with_limits(
-            rate_per_second,
-            burst,
-            MAX_ENTRIES,
-            EVICT_BATCH,
-            IDLE_TIMEOUT,
-        )
+        Self::with_limits(rate_per_second, burst, MAX_ENTRIES, EVICT_BATCH, IDLE_TIMEOUT)
     }
 
-    fn with_limits(
-        rate_per_second: f64,
-        burst: u32,
-        max_entries: usize,
-        evict_batch: usize,
-        idle: Duration,
-    ) -> Self {
-        let rate = if rate_per_second.is_finite() && rate_per_second > 0.0 {
-            rate_per_second
-        } else {
-            0.0
-        };
+    fn with_limits(rate_per_second: f64, burst: u32, max_entries: usize, evict_batch: usize, idle: Duration) -> Self {
+        let rate = if rate_per_second.is_finite() && rate_per_second > 0.0 { rate_per_second } else { 0.0 };
         RateLimiter {
             rate,
             burst: f64::from(burst.max(1)),
             max_entries: max_entries.max(1),
             evict_batch: evict_batch.max(1),
             idle,
-            state: Mutex::new(State {
-                buckets: HashMap::new(),
-                last_sweep: None,
-            }),
+            state: Mutex::new(State { buckets: HashMap::new(), last_sweep: None }),
         }
     }
 
@@ -95,20 +76,15 @@ impl RateLimiter {
             return Ok(());
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let due = state
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL);
+        let due = state.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL);
         if due {
             self.drop_idle(&mut state, now);
         }
         if !state.buckets.contains_key(&key) && state.buckets.len() >= self.max_entries {
             self.make_room(&mut state, now);
         }
-        let bucket = state.buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            refilled_at: now,
-            last_seen: now,
-        });
+        let bucket =
+            state.buckets.entry(key).or_insert(Bucket { tokens: self.burst, refilled_at: now, last_seen: now });
         let elapsed = now.saturating_duration_since(bucket.refilled_at);
         bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
         if now > bucket.refilled_at {
@@ -129,11 +105,7 @@ impl RateLimiter {
 
     /// Number of client entries held.
     pub fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .buckets
-            .len()
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).buckets.len()
     }
 
     /// True when no client entry is held.
@@ -149,9 +121,7 @@ impl RateLimiter {
 
     fn drop_idle(&self, state: &mut State, now: Instant) {
         let idle = self.idle;
-        state
-            .buckets
-            .retain(|_, b| now.saturating_duration_since(b.last_seen) < idle);
+        state.buckets.retain(|_, b| now.saturating_duration_since(b.last_seen) < idle);
         state.last_sweep = Some(now);
     }
 
@@ -161,11 +131,7 @@ impl RateLimiter {
         if state.buckets.len() < self.max_entries {
             return;
         }
-        let mut seen: Vec<(Instant, IpAddr)> = state
-            .buckets
-            .iter()
-            .map(|(k, b)| (b.last_seen, *k))
-            .collect();
+        let mut seen: Vec<(Instant, IpAddr)> = state.buckets.iter().map(|(k, b)| (b.last_seen, *k)).collect();
         let n = self.evict_batch.min(seen.len());
         if n < seen.len() {
             seen.select_nth_unstable_by_key(n, |(t, _)| *t);
@@ -207,15 +173,9 @@ pub fn client_ip(peer: IpAddr, x_forwarded_for: Option<&str>, trusted: &[IpNet])
 
 /// An `X-Forwarded-For` element: an IP, or an IP with a port (`1.2.3.4:80`, `[::1]:80`).
 fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
-    let ip = entry
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
-        .or_else(|| {
-            entry
-                .strip_prefix('[')
-                .and_then(|e| e.strip_suffix(']'))
-                .and_then(|e| e.parse::<IpAddr>().ok())
+    let ip =
+        entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip())).or_else(|| {
+            entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).and_then(|e| e.parse::<IpAddr>().ok())
         })?;
     Some(ip.to_canonical())
 }
@@ -223,10 +183,7 @@ fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
 /// Parses one `server.trusted_proxies` entry: a CIDR, or a bare IP as /32 or /128.
 pub fn parse_trusted_entry(entry: &str) -> Option<IpNet> {
     let entry = entry.trim();
-    entry
-        .parse::<IpNet>()
-        .ok()
-        .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
+    entry.parse::<IpNet>().ok().or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// Parses `server.trusted_proxies`; invalid entries (reported by configuration validation) are skipped.
@@ -319,13 +276,8 @@ mod tests {
         // links: 100/s, burst 1 → the second immediate request is rejected; 150 rapid ones see 429s.
         let limiter = RateLimiter::new(100.0, 1);
         let t = Instant::now();
-        let rejected = (0..150)
-            .filter(|i| {
-                limiter
-                    .check_at(ip("10.0.0.9"), t + secs(*i as f64 * 0.001))
-                    .is_err()
-            })
-            .count();
+        let rejected =
+            (0..150).filter(|i| limiter.check_at(ip("10.0.0.9"), t + secs(*i as f64 * 0.001)).is_err()).count();
         assert!(rejected > 0);
         assert!(rejected < 150);
     }
@@ -386,9 +338,7 @@ mod tests {
         let limiter = RateLimiter::with_limits(1.0, 1, 5, 2, secs(600.0));
         let t = Instant::now();
         for i in 1..=5u8 {
-            limiter
-                .check_at(IpAddr::from([10, 0, 0, i]), t + secs(f64::from(i)))
-                .unwrap();
+            limiter.check_at(IpAddr::from([10, 0, 0, i]), t + secs(f64::from(i))).unwrap();
         }
         // Touch 10.0.0.1 again so 10.0.0.2 and 10.0.0.3 are the least recently seen.
         let _ = limiter.check_at(ip("10.0.0.1"), t + secs(10.0));
@@ -396,10 +346,7 @@ mod tests {
         let state = limiter.state.lock().unwrap();
         let mut keys: Vec<IpAddr> = state.buckets.keys().copied().collect();
         keys.sort();
-        assert_eq!(
-            keys,
-            ["10.0.0.1", "10.0.0.4", "10.0.0.5", "10.0.0.6"].map(ip)
-        );
+        assert_eq!(keys, ["10.0.0.1", "10.0.0.4", "10.0.0.5", "10.0.0.6"].map(ip));
     }
 
     #[test]
@@ -429,9 +376,7 @@ mod tests {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let l = limiter.clone();
-                std::thread::spawn(move || {
-                    (0..50).filter(|_| l.check(ip("10.1.1.1")).is_ok()).count()
-                })
+                std::thread::spawn(move || (0..50).filter(|_| l.check(ip("10.1.1.1")).is_ok()).count())
             })
             .collect();
         let allowed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
@@ -446,100 +391,55 @@ mod tests {
 
     #[test]
     fn untrusted_peer_ignores_forwarded_for() {
-        assert_eq!(
-            client_ip(ip("203.0.113.5"), Some("1.1.1.1"), &trusted()),
-            ip("203.0.113.5")
-        );
-        assert_eq!(
-            client_ip(ip("203.0.113.5"), Some("1.1.1.1"), &[]),
-            ip("203.0.113.5")
-        );
+        assert_eq!(client_ip(ip("203.0.113.5"), Some("1.1.1.1"), &trusted()), ip("203.0.113.5"));
+        assert_eq!(client_ip(ip("203.0.113.5"), Some("1.1.1.1"), &[]), ip("203.0.113.5"));
     }
 
     #[test]
     fn trusted_peer_uses_rightmost_untrusted() {
         let t = trusted();
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("198.51.100.7"), &t),
-            ip("198.51.100.7")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("198.51.100.7"), &t), ip("198.51.100.7"));
         assert_eq!(
             client_ip(ip("10.0.0.1"), Some("6.6.6.6, 198.51.100.7, 10.2.3.4"), &t),
             ip("198.51.100.7"),
             "a spoofed left-most entry is not believed"
         );
-        assert_eq!(
-            client_ip(ip("192.168.1.1"), Some("198.51.100.7"), &t),
-            ip("198.51.100.7")
-        );
+        assert_eq!(client_ip(ip("192.168.1.1"), Some("198.51.100.7"), &t), ip("198.51.100.7"));
     }
 
     #[test]
     fn all_trusted_gives_leftmost() {
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("10.9.9.9, 10.8.8.8"), &trusted()),
-            ip("10.9.9.9")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("10.9.9.9, 10.8.8.8"), &trusted()), ip("10.9.9.9"));
     }
 
     #[test]
     fn trusted_peer_without_header_is_client() {
         assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted()), ip("10.0.0.1"));
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some(""), &trusted()),
-            ip("10.0.0.1")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some(" , "), &trusted()),
-            ip("10.0.0.1")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some(""), &trusted()), ip("10.0.0.1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some(" , "), &trusted()), ip("10.0.0.1"));
     }
 
     #[test]
     fn garbage_stops_the_walk() {
         let t = trusted();
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("1.1.1.1, junk"), &t),
-            ip("10.0.0.1")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("junk, 10.3.3.3"), &t),
-            ip("10.3.3.3")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("1.1.1.1, junk"), &t), ip("10.0.0.1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("junk, 10.3.3.3"), &t), ip("10.3.3.3"));
     }
 
     #[test]
     fn ports_and_ipv6_in_forwarded_for() {
         let t = trusted();
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("198.51.100.7:4711"), &t),
-            ip("198.51.100.7")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("[2001:db8::1]:443"), &t),
-            ip("2001:db8::1")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("[2001:db8::2]"), &t),
-            ip("2001:db8::2")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("2001:db8::3"), &t),
-            ip("2001:db8::3")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("198.51.100.7:4711"), &t), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("[2001:db8::1]:443"), &t), ip("2001:db8::1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("[2001:db8::2]"), &t), ip("2001:db8::2"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("2001:db8::3"), &t), ip("2001:db8::3"));
     }
 
     #[test]
     fn ipv4_mapped_addresses_are_canonical() {
         let t = trusted();
-        assert_eq!(
-            client_ip(ip("::ffff:10.0.0.1"), Some("198.51.100.7"), &t),
-            ip("198.51.100.7")
-        );
-        assert_eq!(
-            client_ip(ip("::ffff:203.0.113.5"), None, &t),
-            ip("203.0.113.5")
-        );
+        assert_eq!(client_ip(ip("::ffff:10.0.0.1"), Some("198.51.100.7"), &t), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("::ffff:203.0.113.5"), None, &t), ip("203.0.113.5"));
     }
 
     #[test]
@@ -552,10 +452,8 @@ mod tests {
             "not-an-ip".to_owned(),
             "10.0.0.0/33".to_owned(),
         ]);
-        let want: Vec<IpNet> = ["10.0.0.0/8", "192.168.1.1/32", "::1/128", "2001:db8::/32"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let want: Vec<IpNet> =
+            ["10.0.0.0/8", "192.168.1.1/32", "::1/128", "2001:db8::/32"].iter().map(|s| s.parse().unwrap()).collect();
         assert_eq!(nets, want);
         assert_eq!(parse_trusted_entry("bogus"), None);
     }

@@ -5,9 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
-use callfs_actors::locks::LockTable;
+use callfs_actors::locks::{LeaseStore, Leases, LockTable};
 use callfs_actors::metadata::{self, MetadataStore, StoreKind};
 use callfs_actors::metrics::{Metrics, MetricsActor};
+use callfs_actors::peer::{PeerProxy, PeerSettings};
 use callfs_actors::storage::localfs::{self, LocalFsWorker, SweepTempFiles};
 
 use crate::auth::KeyRing;
@@ -88,7 +89,20 @@ async fn serve(config: Config) -> Result<(), String> {
     let store_metrics = metrics.clone();
     let metadata = SyncArbiter::start(threads, move || MetadataStore::new(pool.clone(), store_metrics.clone()));
 
-    let locks = LockTable::new(metrics.clone()).start();
+    let locks = match config.dlm.kind.as_str() {
+        "postgres" => {
+            let dsn = config.dlm_dsn();
+            let max = config.metadata_store.max_connections;
+            let pool = web::block(move || LeaseStore::connect(&dsn, max))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("lock manager: {e}"))?;
+            let store = SyncArbiter::start(4, move || LeaseStore::new(pool.clone()));
+            let leases = Leases { store, instance_id: instance_id.clone(), ttl: config.dlm.lease_ttl };
+            LockTable::with_leases(metrics.clone(), leases).start()
+        }
+        _ => LockTable::new(metrics.clone()).start(),
+    };
     let root = PathBuf::from(&config.backend.localfs_root_path);
     let check = root.clone();
     web::block(move || localfs::check_root(&check))
@@ -101,12 +115,28 @@ async fn serve(config: Config) -> Result<(), String> {
     localfs.do_send(SweepTempFiles { older_than: started_at });
 
     let metrics_actor = MetricsActor::new(registry, metrics.clone()).start();
+    let peer_settings = PeerSettings {
+        instance_id: instance_id.clone(),
+        internal_secret: config.auth.internal_proxy_secret.clone(),
+        peers: config.instance_discovery.peer_endpoints.clone(),
+        connect_timeout: config.backend.internal_proxy_connect_timeout,
+        timeout: config.backend.internal_proxy_timeout,
+        probe_interval: config.instance_discovery.health_probe_interval,
+        skip_tls_verify: config.backend.internal_proxy_skip_tls_verify,
+        ca_file: Some(config.backend.internal_proxy_ca_file.clone()),
+    };
+    // The HTTP client is bound to its thread: the proxy gets an arbiter of its own.
+    let proxy_metrics = metrics.clone();
+    let proxy_arbiter = Arbiter::new();
+    let peers =
+        PeerProxy::start_in_arbiter(&proxy_arbiter.handle(), move |_| PeerProxy::new(peer_settings, proxy_metrics));
     let rate = &config.rate_limit;
     let node = web::Data::new(Node {
         settings: settings(&config),
         metadata,
         localfs,
         locks,
+        peers,
         metrics,
         metrics_actor,
         keys: KeyRing::new(config.identities(), &config.auth.internal_proxy_secret),

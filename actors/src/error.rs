@@ -37,6 +37,12 @@ pub enum ActorError {
     TooLarge,
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("peer unavailable: {0}")]
+    PeerUnavailable(String),
+    #[error("peer did not answer in time")]
+    PeerTimeout,
+    #[error("peer error: {0}")]
+    PeerError(String),
 }
 
 impl ActorError {

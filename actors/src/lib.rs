@@ -5,6 +5,7 @@ pub mod error;
 pub mod locks;
 pub mod metadata;
 pub mod metrics;
+pub mod peer;
 pub mod storage;
 
 pub use error::ActorError;

@@ -6,14 +6,28 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::sql_types::{BigInt, Text};
 use tokio::sync::oneshot;
 
 use crate::error::ActorError;
 use crate::metrics::{now_ms, ErrorKind, LockOp, Metrics};
 
+/// Cluster-wide leases in PostgreSQL (cluster.md §6), taken after the local lock so that contenders
+/// on one node queue in memory and only one of them polls the database.
+#[derive(Clone)]
+pub struct Leases {
+    pub store: Addr<LeaseStore>,
+    pub instance_id: String,
+    pub ttl: Duration,
+}
+
 struct Held {
     token: u64,
     acquired_at_ms: u64,
+    /// The database lease holder id, once the lease is ours.
+    lease_holder: Option<String>,
 }
 
 pub struct LockTable {
@@ -21,17 +35,47 @@ pub struct LockTable {
     waiters: HashMap<String, VecDeque<oneshot::Sender<u64>>>,
     next_token: u64,
     metrics: Metrics,
+    leases: Option<Leases>,
 }
 
 impl LockTable {
     pub fn new(metrics: Metrics) -> Self {
-        Self { held: HashMap::new(), waiters: HashMap::new(), next_token: 1, metrics }
+        Self { held: HashMap::new(), waiters: HashMap::new(), next_token: 1, metrics, leases: None }
+    }
+
+    pub fn with_leases(metrics: Metrics, leases: Leases) -> Self {
+        Self { leases: Some(leases), ..Self::new(metrics) }
+    }
+
+    fn renew_leases(&mut self, _ctx: &mut Context<Self>) {
+        let Some(leases) = self.leases.clone() else {
+            return;
+        };
+        for (key, held) in &self.held {
+            let Some(holder) = held.lease_holder.clone() else {
+                continue;
+            };
+            let metrics = self.metrics.clone();
+            let key = key.clone();
+            let store = leases.store.clone();
+            let ttl = leases.ttl;
+            actix::spawn(async move {
+                let started = Instant::now();
+                let renewed = store.send(RenewLease { key: key.clone(), holder: holder.clone(), ttl }).await;
+                let ok = matches!(renewed, Ok(Ok(true)));
+                metrics.record_lock(LockOp::Renew, ok, started.elapsed());
+                if !ok {
+                    metrics.record_error(ErrorKind::LeaseLost);
+                    log::error!(key = key.as_str(), holder = holder.as_str(); "lock lease lost");
+                }
+            });
+        }
     }
 
     fn grant(&mut self, key: &str) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
-        self.held.insert(key.to_string(), Held { token, acquired_at_ms: now_ms() });
+        self.held.insert(key.to_string(), Held { token, acquired_at_ms: now_ms(), lease_holder: None });
         token
     }
 
@@ -47,7 +91,7 @@ impl LockTable {
             let token = self.next_token;
             self.next_token += 1;
             if waiter.send(token).is_ok() {
-                self.held.insert(key.to_string(), Held { token, acquired_at_ms: now_ms() });
+                self.held.insert(key.to_string(), Held { token, acquired_at_ms: now_ms(), lease_holder: None });
                 return;
             }
         }
@@ -58,6 +102,13 @@ impl LockTable {
 
 impl Actor for LockTable {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(leases) = &self.leases {
+            let every = (leases.ttl / 3).max(Duration::from_millis(100));
+            ctx.run_interval(every, Self::renew_leases);
+        }
+    }
 }
 
 /// Take the exclusive lock on `key`, waiting at most `timeout`.
@@ -101,39 +152,53 @@ impl Handler<AcquireLock> for LockTable {
 
     fn handle(&mut self, msg: AcquireLock, ctx: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + msg.timeout;
         let table = ctx.address();
         let metrics = self.metrics.clone();
-        if !self.held.contains_key(&msg.key) {
+        let leases = self.leases.clone();
+        let local = if self.held.contains_key(&msg.key) {
+            let (tx, rx) = oneshot::channel();
+            self.waiters.entry(msg.key.clone()).or_default().push_back(tx);
+            Err(rx)
+        } else {
             let token = self.grant(&msg.key);
             self.publish_gauges();
-            metrics.record_lock(LockOp::Acquire, true, started.elapsed());
-            return Box::pin(async move { Ok(LockGuard { key: msg.key, token, table }) });
-        }
-        let (tx, mut rx) = oneshot::channel();
-        self.waiters.entry(msg.key.clone()).or_default().push_back(tx);
+            Ok(token)
+        };
         Box::pin(async move {
-            let granted = match tokio::time::timeout(msg.timeout, &mut rx).await {
-                Ok(Ok(token)) => Some(token),
-                Ok(Err(_)) => None,
-                Err(_) => {
-                    // The hand-off may have raced the timeout: a token already sent is ours to return.
-                    rx.close();
-                    rx.try_recv().ok()
-                }
+            let token = match local {
+                Ok(token) => Some(token),
+                Err(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
+                    Ok(Ok(token)) => Some(token),
+                    Ok(Err(_)) => None,
+                    Err(_) => {
+                        // The hand-off may have raced the timeout: a token already sent is ours to return.
+                        rx.close();
+                        rx.try_recv().ok()
+                    }
+                },
             };
-            match granted {
-                Some(token) => {
-                    metrics.record_lock(LockOp::Acquire, true, started.elapsed());
-                    // Gauges are refreshed by the table on its next change; nudge it now.
-                    table.do_send(RefreshGauges);
-                    Ok(LockGuard { key: msg.key, token, table })
-                }
-                None => {
-                    metrics.record_lock(LockOp::Acquire, false, started.elapsed());
-                    metrics.record_error(ErrorKind::LockAcquireTimeout);
-                    Err(ActorError::Locked)
+            let Some(token) = token else {
+                metrics.record_lock(LockOp::Acquire, false, started.elapsed());
+                metrics.record_error(ErrorKind::LockAcquireTimeout);
+                return Err(ActorError::Locked);
+            };
+            let guard = LockGuard { key: msg.key.clone(), token, table: table.clone() };
+            if let Some(leases) = leases {
+                match take_lease(&leases, &msg.key, deadline).await {
+                    Ok(holder) => table.do_send(RecordLease { key: msg.key, token, holder }),
+                    Err(err) => {
+                        metrics.record_lock(LockOp::Acquire, false, started.elapsed());
+                        if err == ActorError::Locked {
+                            metrics.record_error(ErrorKind::LockAcquireTimeout);
+                        }
+                        return Err(err);
+                    }
                 }
             }
+            metrics.record_lock(LockOp::Acquire, true, started.elapsed());
+            table.do_send(RefreshGauges);
+            Ok(guard)
         })
     }
 }
@@ -143,12 +208,177 @@ impl Handler<ReleaseLock> for LockTable {
 
     fn handle(&mut self, msg: ReleaseLock, _ctx: &mut Self::Context) {
         let started = Instant::now();
-        let is_holder = self.held.get(&msg.key).is_some_and(|h| h.token == msg.token);
+        let held = self.held.get_mut(&msg.key).filter(|h| h.token == msg.token);
+        let is_holder = held.is_some();
+        let lease_holder = held.and_then(|h| h.lease_holder.take());
         if is_holder {
+            if let (Some(holder), Some(leases)) = (lease_holder, &self.leases) {
+                leases.store.do_send(ReleaseLease { key: msg.key.clone(), holder });
+            }
             self.hand_off(&msg.key);
             self.publish_gauges();
         }
         self.metrics.record_lock(LockOp::Release, is_holder, started.elapsed());
+    }
+}
+
+/// Polls the lease table with backoff (10 ms → 200 ms) until the lease is ours or the deadline passes.
+async fn take_lease(leases: &Leases, key: &str, deadline: tokio::time::Instant) -> Result<String, ActorError> {
+    let holder = format!("{}:{}", leases.instance_id, hex::encode(rand::random::<[u8; 16]>()));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let attempt = TryAcquireLease { key: key.to_string(), holder: holder.clone(), ttl: leases.ttl };
+        let taken = leases.store.send(attempt).await.map_err(|e| ActorError::Internal(e.to_string()))??;
+        if taken {
+            return Ok(holder);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(ActorError::Locked);
+        }
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RecordLease {
+    key: String,
+    token: u64,
+    holder: String,
+}
+
+impl Handler<RecordLease> for LockTable {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordLease, _ctx: &mut Self::Context) {
+        match self.held.get_mut(&msg.key).filter(|h| h.token == msg.token) {
+            Some(held) => held.lease_holder = Some(msg.holder),
+            // Released before the lease was recorded: give the lease back at once.
+            None => {
+                if let Some(leases) = &self.leases {
+                    leases.store.do_send(ReleaseLease { key: msg.key, holder: msg.holder });
+                }
+            }
+        }
+    }
+}
+
+/// The `callfs_locks` table, on a SyncArbiter (diesel blocks).
+pub struct LeaseStore {
+    pool: Pool<ConnectionManager<PgConnection>>,
+}
+
+impl LeaseStore {
+    /// Connects and makes sure the lease table exists (the DSN may differ from the metadata store's).
+    pub fn connect(dsn: &str, max_connections: u32) -> Result<Pool<ConnectionManager<PgConnection>>, ActorError> {
+        let pool = Pool::builder()
+            .max_size(max_connections.max(2))
+            .connection_timeout(Duration::from_secs(5))
+            .build(ConnectionManager::<PgConnection>::new(dsn))
+            .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
+        let mut conn = pool.get().map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
+        diesel::sql_query(
+            "CREATE TABLE IF NOT EXISTS callfs_locks (lock_key TEXT PRIMARY KEY, holder TEXT NOT NULL, \
+             acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL)",
+        )
+        .execute(&mut conn)?;
+        Ok(pool)
+    }
+
+    pub fn new(pool: Pool<ConnectionManager<PgConnection>>) -> Self {
+        Self { pool }
+    }
+
+    fn conn(&self) -> Result<diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>, ActorError> {
+        self.pool.get().map_err(|e| ActorError::MetadataUnavailable(e.to_string()))
+    }
+}
+
+impl Actor for LeaseStore {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(QueryableByName)]
+struct HolderRow {
+    #[diesel(sql_type = Text)]
+    holder: String,
+}
+
+/// Insert the lease, or take over an expired one; `true` when it is ours.
+#[derive(Message)]
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct TryAcquireLease {
+    pub key: String,
+    pub holder: String,
+    pub ttl: Duration,
+}
+
+impl Handler<TryAcquireLease> for LeaseStore {
+    type Result = Result<bool, ActorError>;
+    fn handle(&mut self, msg: TryAcquireLease, _ctx: &mut Self::Context) -> Self::Result {
+        let mut conn = self.conn()?;
+        let rows: Vec<HolderRow> = diesel::sql_query(
+            "INSERT INTO callfs_locks (lock_key, holder, acquired_at, expires_at) \
+             VALUES ($1, $2, now(), now() + $3 * interval '1 millisecond') \
+             ON CONFLICT (lock_key) DO UPDATE SET holder = EXCLUDED.holder, acquired_at = now(), \
+             expires_at = EXCLUDED.expires_at WHERE callfs_locks.expires_at < now() RETURNING holder",
+        )
+        .bind::<Text, _>(&msg.key)
+        .bind::<Text, _>(&msg.holder)
+        .bind::<BigInt, _>(msg.ttl.as_millis() as i64)
+        .load(&mut conn)?;
+        Ok(rows.iter().any(|r| r.holder == msg.holder))
+    }
+}
+
+/// Extend a held lease; `false` when it was lost.
+#[derive(Message)]
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct RenewLease {
+    pub key: String,
+    pub holder: String,
+    pub ttl: Duration,
+}
+
+impl Handler<RenewLease> for LeaseStore {
+    type Result = Result<bool, ActorError>;
+    fn handle(&mut self, msg: RenewLease, _ctx: &mut Self::Context) -> Self::Result {
+        let mut conn = self.conn()?;
+        let updated = diesel::sql_query(
+            "UPDATE callfs_locks SET expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE lock_key = $1 AND holder = $2",
+        )
+        .bind::<Text, _>(&msg.key)
+        .bind::<Text, _>(&msg.holder)
+        .bind::<BigInt, _>(msg.ttl.as_millis() as i64)
+        .execute(&mut conn)?;
+        Ok(updated == 1)
+    }
+}
+
+/// Delete a lease if still ours.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseLease {
+    pub key: String,
+    pub holder: String,
+}
+
+impl Handler<ReleaseLease> for LeaseStore {
+    type Result = ();
+    fn handle(&mut self, msg: ReleaseLease, _ctx: &mut Self::Context) {
+        let released = self.conn().and_then(|mut conn| {
+            diesel::sql_query("DELETE FROM callfs_locks WHERE lock_key = $1 AND holder = $2")
+                .bind::<Text, _>(&msg.key)
+                .bind::<Text, _>(&msg.holder)
+                .execute(&mut conn)
+                .map_err(ActorError::from)
+        });
+        if let Err(err) = released {
+            log::error!(key = msg.key.as_str(), error = err.to_string().as_str(); "lease release failed");
+        }
     }
 }
 
@@ -189,7 +419,8 @@ mod tests {
     #[actix::test]
     async fn second_acquire_waits_until_release() {
         let (addr, metrics) = table();
-        let first = addr.send(AcquireLock { key: "/a".into(), timeout: Duration::from_secs(1) }).await.unwrap().unwrap();
+        let first =
+            addr.send(AcquireLock { key: "/a".into(), timeout: Duration::from_secs(1) }).await.unwrap().unwrap();
         assert_eq!(metrics.active_locks.get(), 1);
         let waiter = addr.send(AcquireLock { key: "/a".into(), timeout: Duration::from_secs(5) });
         let releaser = async {
@@ -208,12 +439,10 @@ mod tests {
     #[actix::test]
     async fn contention_times_out_with_locked() {
         let (addr, _metrics) = table();
-        let _held = addr.send(AcquireLock { key: "/b".into(), timeout: Duration::from_secs(1) }).await.unwrap().unwrap();
-        let err = addr
-            .send(AcquireLock { key: "/b".into(), timeout: Duration::from_millis(30) })
-            .await
-            .unwrap()
-            .unwrap_err();
+        let _held =
+            addr.send(AcquireLock { key: "/b".into(), timeout: Duration::from_secs(1) }).await.unwrap().unwrap();
+        let err =
+            addr.send(AcquireLock { key: "/b".into(), timeout: Duration::from_millis(30) }).await.unwrap().unwrap_err();
         assert_eq!(err, ActorError::Locked);
     }
 

@@ -17,9 +17,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-const FAST_BUCKETS: [f64; 15] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const FAST_BUCKETS: [f64; 15] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 fn default_histogram() -> Histogram {
     Histogram::new(DEFAULT_BUCKETS)
@@ -344,11 +343,7 @@ impl Metrics {
             "Age of the oldest path lock held by this node",
             m.oldest_lock_age.clone(),
         );
-        r.register(
-            "callfs_cross_server_operations",
-            "Operations involving another node",
-            m.cross_server_ops.clone(),
-        );
+        r.register("callfs_cross_server_operations", "Operations involving another node", m.cross_server_ops.clone());
         r.register(
             "callfs_cross_server_operation_duration_seconds",
             "Time to the peer's response headers",
@@ -356,11 +351,7 @@ impl Metrics {
         );
         r.register("callfs_peer_up", "1 if the last probe of the peer succeeded", m.peer_up.clone());
         r.register("callfs_file_operations", "Successful file-level API operations", m.file_ops.clone());
-        r.register(
-            "callfs_single_use_link_generations",
-            "Single-use links created",
-            m.link_generations.clone(),
-        );
+        r.register("callfs_single_use_link_generations", "Single-use links created", m.link_generations.clone());
         r.register(
             "callfs_single_use_link_consumptions",
             "Download attempts reaching token processing",
@@ -378,9 +369,7 @@ impl Metrics {
     }
 
     pub fn record_backend(&self, backend_type: BackendLabel, operation: BackendOp, ok: bool, elapsed: Duration) {
-        self.backend_ops
-            .get_or_create(&BackendLabels { backend_type, operation, status: Outcome::of(ok) })
-            .inc();
+        self.backend_ops.get_or_create(&BackendLabels { backend_type, operation, status: Outcome::of(ok) }).inc();
         self.backend_duration
             .get_or_create(&BackendDurationLabels { backend_type, operation })
             .observe(elapsed.as_secs_f64());

@@ -69,9 +69,7 @@ impl Visitor<'_> for BoolVisitor {
         match v.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
-            _ => Err(E::custom(format!(
-                "expected true, false, 1 or 0, got \"{v}\""
-            ))),
+            _ => Err(E::custom(format!("expected true, false, 1 or 0, got \"{v}\""))),
         }
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
@@ -140,9 +138,7 @@ where
         let t = v.trim();
         let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(E::custom(format!(
-                "expected a decimal integer, got \"{v}\""
-            )));
+            return Err(E::custom(format!("expected a decimal integer, got \"{v}\"")));
         }
         if let Ok(n) = t.parse::<i64>() {
             return self.visit_i64(n);
@@ -181,9 +177,8 @@ impl Visitor<'_> for FloatVisitor {
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
         let t = v.trim();
-        let plain = !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+        let plain =
+            !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
         match t.parse::<f64>() {
             Ok(n) if plain && n.is_finite() => Ok(n),
             _ => Err(E::custom(format!("expected a number, got \"{v}\""))),
@@ -237,8 +232,7 @@ pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 pub fn parse_list(v: &str) -> Result<Vec<String>, String> {
     let t = v.trim();
     if t.starts_with('[') {
-        let items: Vec<serde_json::Value> =
-            serde_json::from_str(t).map_err(|e| format!("invalid JSON array: {e}"))?;
+        let items: Vec<serde_json::Value> = serde_json::from_str(t).map_err(|e| format!("invalid JSON array: {e}"))?;
         return items
             .into_iter()
             .map(|item| match item {
@@ -249,11 +243,7 @@ pub fn parse_list(v: &str) -> Result<Vec<String>, String> {
             })
             .collect();
     }
-    Ok(t.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect())
+    Ok(t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
 struct ListVisitor;
@@ -359,18 +349,10 @@ mod tests {
 
     #[test]
     fn booleans_from_strings_and_natives() {
-        for (text, want) in [
-            ("\"TRUE\"", true),
-            ("\"0\"", false),
-            ("\"1\"", true),
-            ("false", false),
-            ("1", true),
-        ] {
+        for (text, want) in [("\"TRUE\"", true), ("\"0\"", false), ("\"1\"", true), ("false", false), ("1", true)] {
             assert_eq!(de(&format!("{{\"b\":{text}}}")).unwrap().b, want, "{text}");
         }
-        assert!(de("{\"b\":\"yes\"}")
-            .unwrap_err()
-            .contains("expected true, false, 1 or 0"));
+        assert!(de("{\"b\":\"yes\"}").unwrap_err().contains("expected true, false, 1 or 0"));
     }
 
     #[test]
@@ -398,18 +380,13 @@ mod tests {
         assert_eq!(de("{\"d\":15}").unwrap().d, Duration::from_secs(15));
         assert_eq!(de("{\"d\":0.25}").unwrap().d, Duration::from_millis(250));
         assert!(de("{\"d\":-1}").is_err());
-        assert!(de("{\"d\":\"soon\"}")
-            .unwrap_err()
-            .contains("invalid duration"));
+        assert!(de("{\"d\":\"soon\"}").unwrap_err().contains("invalid duration"));
     }
 
     #[test]
     fn lists() {
         assert_eq!(de("{\"l\":\"a, b,,c\"}").unwrap().l, ["a", "b", "c"]);
-        assert_eq!(
-            de("{\"l\":\"[\\\"x,y\\\",\\\"z\\\"]\"}").unwrap().l,
-            ["x,y", "z"]
-        );
+        assert_eq!(de("{\"l\":\"[\\\"x,y\\\",\\\"z\\\"]\"}").unwrap().l, ["x,y", "z"]);
         assert_eq!(de("{\"l\":[\"p\",7]}").unwrap().l, ["p", "7"]);
         assert!(de("{\"l\":\"\"}").unwrap().l.is_empty());
         assert!(de("{\"l\":\"[oops\"}").is_err());
@@ -428,10 +405,7 @@ mod tests {
 
     #[test]
     fn strings_accept_scalars() {
-        assert_eq!(
-            de("{\"s\":1234567890123456}").unwrap().s,
-            "1234567890123456"
-        );
+        assert_eq!(de("{\"s\":1234567890123456}").unwrap().s, "1234567890123456");
         assert_eq!(de("{\"s\":true}").unwrap().s, "true");
         assert!(de("{\"s\":[1]}").is_err());
     }

@@ -13,9 +13,7 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     }
     let unsigned = s.strip_prefix('+').unwrap_or(s);
     if unsigned.starts_with('-') {
-        return Err(format!(
-            "invalid duration \"{input}\": must not be negative"
-        ));
+        return Err(format!("invalid duration \"{input}\": must not be negative"));
     }
     if let Some(nanos) = parse_bare_seconds(unsigned) {
         return to_duration(nanos, input);
@@ -36,11 +34,8 @@ pub fn parse(input: &str) -> Result<Duration, String> {
         if int_part.is_empty() && frac_part.is_empty() {
             return Err(bad());
         }
-        let unit_len = rest
-            .char_indices()
-            .find(|(_, c)| c.is_ascii_digit() || *c == '.')
-            .map(|(i, _)| i)
-            .unwrap_or(rest.len());
+        let unit_len =
+            rest.char_indices().find(|(_, c)| c.is_ascii_digit() || *c == '.').map(|(i, _)| i).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale: u128 = match unit {
@@ -67,9 +62,7 @@ fn parse_bare_seconds(s: &str) -> Option<u128> {
     if int_part.is_empty() && frac_part.is_empty() {
         return None;
     }
-    if !int_part.bytes().all(|b| b.is_ascii_digit())
-        || !frac_part.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     scaled(int_part, frac_part, NANOS_PER_SEC)
@@ -77,11 +70,7 @@ fn parse_bare_seconds(s: &str) -> Option<u128> {
 
 /// `int.frac * scale`, truncated to whole nanoseconds.
 fn scaled(int_part: &str, frac_part: &str, scale: u128) -> Option<u128> {
-    let int: u128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().ok()?
-    };
+    let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().ok()? };
     let mut value = int.checked_mul(scale)?;
     let mut place = scale;
     for digit in frac_part.bytes() {
@@ -95,8 +84,7 @@ fn scaled(int_part: &str, frac_part: &str, scale: u128) -> Option<u128> {
 }
 
 fn to_duration(nanos: u128, input: &str) -> Result<Duration, String> {
-    let secs = u64::try_from(nanos / NANOS_PER_SEC)
-        .map_err(|_| format!("invalid duration \"{input}\": too large"))?;
+    let secs = u64::try_from(nanos / NANOS_PER_SEC).map_err(|_| format!("invalid duration \"{input}\": too large"))?;
     // The remainder is < 1e9 and always fits.
     let sub = (nanos % NANOS_PER_SEC) as u32;
     Ok(Duration::new(secs, sub))
@@ -156,10 +144,7 @@ mod tests {
         assert_eq!(parse("300ms").unwrap(), Duration::from_millis(300));
         assert_eq!(parse("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(
-            parse("1h2m3s4ms5us6ns").unwrap(),
-            Duration::new(3723, 4_005_006)
-        );
+        assert_eq!(parse("1h2m3s4ms5us6ns").unwrap(), Duration::new(3723, 4_005_006));
         assert_eq!(parse("10µs").unwrap(), Duration::from_micros(10));
         assert_eq!(parse(".5s").unwrap(), Duration::from_millis(500));
         assert_eq!(parse("+1s").unwrap(), Duration::from_secs(1));
@@ -175,9 +160,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_negatives() {
-        for bad in [
-            "", "abc", "10x", "s", "1.s.", "-1s", "-5", "1m-3s", "1 s", ".",
-        ] {
+        for bad in ["", "abc", "10x", "s", "1.s.", "-1s", "-5", "1m-3s", "1 s", "."] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
         assert!(parse("-1s").unwrap_err().contains("negative"));

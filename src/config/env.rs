@@ -42,15 +42,9 @@ pub fn apply(tree: &mut Value, vars: impl IntoIterator<Item = (String, String)>)
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
-        let path: Vec<String> = rest
-            .to_lowercase()
-            .split("__")
-            .map(str::to_string)
-            .collect();
+        let path: Vec<String> = rest.to_lowercase().split("__").map(str::to_string).collect();
         if path.iter().any(String::is_empty) {
-            overlay.warnings.push(format!(
-                "{name}: does not name a configuration key, ignored"
-            ));
+            overlay.warnings.push(format!("{name}: does not name a configuration key, ignored"));
             continue;
         }
         entries.push((path, name, value));
@@ -63,9 +57,7 @@ pub fn apply(tree: &mut Value, vars: impl IntoIterator<Item = (String, String)>)
             match map_value(&value) {
                 Ok(v) => v,
                 Err(problem) => {
-                    overlay
-                        .errors
-                        .push(format!("{dotted}: invalid value in {name}: {problem}"));
+                    overlay.errors.push(format!("{dotted}: invalid value in {name}: {problem}"));
                     continue;
                 }
             }
@@ -85,9 +77,7 @@ fn map_value(value: &str) -> Result<Value, String> {
         return Ok(Value::Object(Map::new()));
     }
     if !t.starts_with('{') {
-        return Err(
-            "expected a JSON object (or set single entries with <VARIABLE>__<ID>)".to_string(),
-        );
+        return Err("expected a JSON object (or set single entries with <VARIABLE>__<ID>)".to_string());
     }
     match serde_json::from_str::<Value>(t) {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -106,9 +96,7 @@ fn set(tree: &mut Value, path: &[String], value: Value) {
         let Value::Object(obj) = node else {
             return;
         };
-        node = obj
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        node = obj.entry(key.clone()).or_insert_with(|| Value::Object(Map::new()));
     }
     if !node.is_object() {
         *node = Value::Object(Map::new());
@@ -124,9 +112,7 @@ mod tests {
     use serde_json::json;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -145,10 +131,7 @@ mod tests {
         assert_eq!(tree["server"]["listen_addr"], ":9999");
         assert_eq!(tree["backend"]["localfs_root_path"], "/data");
         assert_eq!(tree["auth"]["api_key_users"]["alice"], "k");
-        assert_eq!(
-            o.origin_of(&["server".into(), "listen_addr".into()]),
-            Some("CALLFS_SERVER__LISTEN_ADDR")
-        );
+        assert_eq!(o.origin_of(&["server".into(), "listen_addr".into()]), Some("CALLFS_SERVER__LISTEN_ADDR"));
         assert_eq!(o.origin_of(&["other".into()]), None);
     }
 
@@ -157,36 +140,26 @@ mod tests {
         let mut tree = json!({"auth": {"api_key_users": {"old": "x"}}});
         let o = apply(
             &mut tree,
-            vars(&[
-                ("CALLFS_AUTH__API_KEY_USERS__BOB", "b"),
-                ("CALLFS_AUTH__API_KEY_USERS", r#"{"Alice": "a"}"#),
-            ]),
+            vars(&[("CALLFS_AUTH__API_KEY_USERS__BOB", "b"), ("CALLFS_AUTH__API_KEY_USERS", r#"{"Alice": "a"}"#)]),
         );
         assert!(o.errors.is_empty());
-        assert_eq!(
-            tree["auth"]["api_key_users"],
-            json!({"Alice": "a", "bob": "b"})
-        );
+        assert_eq!(tree["auth"]["api_key_users"], json!({"Alice": "a", "bob": "b"}));
     }
 
     #[test]
     fn bad_map_value_names_the_variable() {
         let mut tree = json!({});
-        let o = apply(
-            &mut tree,
-            vars(&[("CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS", "n2=http://x")]),
-        );
+        let o = apply(&mut tree, vars(&[("CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS", "n2=http://x")]));
         assert_eq!(o.errors.len(), 1);
-        assert!(o.errors[0].starts_with("instance_discovery.peer_endpoints: invalid value in CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS"));
+        assert!(o.errors[0].starts_with(
+            "instance_discovery.peer_endpoints: invalid value in CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS"
+        ));
     }
 
     #[test]
     fn empty_segments_are_ignored_with_a_warning() {
         let mut tree = json!({});
-        let o = apply(
-            &mut tree,
-            vars(&[("CALLFS_", "x"), ("CALLFS_SERVER____X", "y")]),
-        );
+        let o = apply(&mut tree, vars(&[("CALLFS_", "x"), ("CALLFS_SERVER____X", "y")]));
         assert_eq!(o.warnings.len(), 2);
         assert_eq!(tree, json!({}));
     }

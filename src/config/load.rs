@@ -30,10 +30,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, Vec<String>> {
 }
 
 /// [`load`] with an explicit environment (tests, embedding).
-pub fn load_from(
-    path: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Loaded, Vec<String>> {
+pub fn load_from(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, Vec<String>> {
     load_in(Path::new("."), path, env)
 }
 
@@ -45,10 +42,7 @@ pub(crate) fn load_in(
 ) -> Result<Loaded, Vec<String>> {
     let source = match path {
         Some(p) => Some(p.to_path_buf()),
-        None => DEFAULT_FILES
-            .iter()
-            .map(|name| dir.join(name))
-            .find(|candidate| candidate.is_file()),
+        None => DEFAULT_FILES.iter().map(|name| dir.join(name)).find(|candidate| candidate.is_file()),
     };
     let defaults = serde_json::to_value(Config::default())
         .map_err(|e| vec![format!("internal error: cannot serialize defaults: {e}")])?;
@@ -62,29 +56,15 @@ pub(crate) fn load_in(
     let mut warnings = overlay.warnings.clone();
     let mut unknown = Vec::new();
     unknown_keys(&defaults, &tree, "", &mut unknown);
-    warnings.extend(
-        unknown
-            .into_iter()
-            .map(|key| format!("{key}: unknown key, ignored")),
-    );
+    warnings.extend(unknown.into_iter().map(|key| format!("{key}: unknown key, ignored")));
 
-    let mut config = extract(
-        &mut tree,
-        &defaults,
-        &overlay,
-        source.as_deref(),
-        &mut errors,
-    )?;
+    let mut config = extract(&mut tree, &defaults, &overlay, source.as_deref(), &mut errors)?;
     config.normalize();
     let (invalid, validation_warnings) = validate(&config);
     errors.extend(invalid);
     warnings.extend(validation_warnings);
     if errors.is_empty() {
-        Ok(Loaded {
-            config,
-            warnings,
-            source,
-        })
+        Ok(Loaded { config, warnings, source })
     } else {
         Err(errors)
     }
@@ -93,28 +73,21 @@ pub(crate) fn load_in(
 /// Parses the file by extension (`.json` → JSON, anything else → YAML) into a JSON tree.
 fn read_file(path: &Path) -> Result<Value, String> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{shown}: cannot read configuration file: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read configuration file: {e}"))?;
     if text.trim().is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    let is_json = path
-        .extension()
-        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+    let is_json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
     let (format, figment) = if is_json {
         ("JSON", Figment::from(Json::string(&text)))
     } else {
         ("YAML", Figment::from(Yaml::string(&text)))
     };
-    let value: Value = figment
-        .extract()
-        .map_err(|e| format!("{shown}: cannot parse {format}: {}", e.kind))?;
+    let value: Value = figment.extract().map_err(|e| format!("{shown}: cannot parse {format}: {}", e.kind))?;
     if value.is_object() {
         Ok(value)
     } else {
-        Err(format!(
-            "{shown}: cannot parse {format}: top level must be a mapping"
-        ))
+        Err(format!("{shown}: cannot parse {format}: top level must be a mapping"))
     }
 }
 
@@ -145,11 +118,7 @@ fn unknown_keys(known: &Value, tree: &Value, prefix: &str, out: &mut Vec<String>
         return;
     };
     for (key, value) in tree {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match known.get(key) {
             None => out.push(path),
             Some(_) if MAP_SECTIONS.contains(&path.as_str()) => {}
@@ -179,11 +148,7 @@ fn extract(
             (None, Some(file)) => format!(" in {}", file.display()),
             (None, None) => String::new(),
         };
-        let label = if key.is_empty() {
-            "configuration"
-        } else {
-            &key
-        };
+        let label = if key.is_empty() { "configuration" } else { &key };
         errors.push(format!("{label}: invalid value{from}: {}", err.kind));
         if !reset(tree, defaults, &err.path) {
             return Err(std::mem::take(errors));
@@ -213,14 +178,8 @@ fn reset(tree: &mut Value, defaults: &Value, path: &[String]) -> bool {
         return false;
     }
     let target = &path[..depth];
-    let default = target
-        .iter()
-        .try_fold(defaults, |node, key| node.get(key))
-        .cloned();
-    let Some(parent) = target[..depth - 1]
-        .iter()
-        .try_fold(tree, |node, key| node.get_mut(key))
-    else {
+    let default = target.iter().try_fold(defaults, |node, key| node.get(key)).cloned();
+    let Some(parent) = target[..depth - 1].iter().try_fold(tree, |node, key| node.get_mut(key)) else {
         return false;
     };
     let Value::Object(obj) = parent else {
@@ -274,9 +233,7 @@ instance_discovery:
     }
 
     fn env(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
@@ -310,10 +267,7 @@ instance_discovery:
         assert_eq!(c.server.protocol, "http");
         assert_eq!(c.log.format, "console");
         assert_eq!(c.instance_discovery.instance_id, "node-1");
-        assert_eq!(
-            c.identities(),
-            [("alice".to_string(), "dev-key-at-least-16-chars".to_string())]
-        );
+        assert_eq!(c.identities(), [("alice".to_string(), "dev-key-at-least-16-chars".to_string())]);
         // Untouched keys keep their defaults.
         assert_eq!(c.server.read_timeout, Duration::from_secs(30));
         assert_eq!(c.rate_limit.downloads_burst, 5);
@@ -352,10 +306,7 @@ instance_discovery:
     fn missing_explicit_file_is_an_error() {
         let errs = load_err(Path::new("/nonexistent/callfs.yaml"), no_env());
         assert_eq!(errs.len(), 1);
-        assert!(
-            errs[0].starts_with("/nonexistent/callfs.yaml: cannot read configuration file"),
-            "{errs:?}"
-        );
+        assert!(errs[0].starts_with("/nonexistent/callfs.yaml: cannot read configuration file"), "{errs:?}");
     }
 
     #[test]
@@ -381,38 +332,19 @@ instance_discovery:
             dir.path(),
             None,
             env(&[
-                (
-                    "CALLFS_AUTH__API_KEY_USERS__ALICE",
-                    "dev-key-at-least-16-chars",
-                ),
-                (
-                    "CALLFS_AUTH__INTERNAL_PROXY_SECRET",
-                    "dev-internal-secret-16+",
-                ),
-                (
-                    "CALLFS_AUTH__SINGLE_USE_LINK_SECRET",
-                    "dev-link-secret-16-chars",
-                ),
+                ("CALLFS_AUTH__API_KEY_USERS__ALICE", "dev-key-at-least-16-chars"),
+                ("CALLFS_AUTH__INTERNAL_PROXY_SECRET", "dev-internal-secret-16+"),
+                ("CALLFS_AUTH__SINGLE_USE_LINK_SECRET", "dev-link-secret-16-chars"),
             ]),
         )
         .unwrap();
         assert_eq!(loaded.source, None);
         write(&dir, "config.json", r#"{"log": {"level": "debug"}}"#);
-        write(
-            &dir,
-            "config.yml",
-            VALID_YAML
-                .replace("level: \"info\"", "level: \"warn\"")
-                .as_str(),
-        );
+        write(&dir, "config.yml", VALID_YAML.replace("level: \"info\"", "level: \"warn\"").as_str());
         let loaded = load_in(dir.path(), None, no_env()).unwrap();
         assert_eq!(loaded.source, Some(dir.path().join("config.yml")));
         assert_eq!(loaded.config.log.level, "warn");
-        write(
-            &dir,
-            "config.yaml",
-            &VALID_YAML.replace("level: \"info\"", "level: \"error\""),
-        );
+        write(&dir, "config.yaml", &VALID_YAML.replace("level: \"info\"", "level: \"error\""));
         let loaded = load_in(dir.path(), None, no_env()).unwrap();
         assert_eq!(loaded.config.log.level, "error");
     }
@@ -446,10 +378,7 @@ instance_discovery:
         assert_eq!(c.server.max_header_bytes, 65536);
         assert!(!c.backend.localfs_fsync);
         assert!(c.metrics.require_auth);
-        assert_eq!(
-            (c.rate_limit.api_per_second, c.rate_limit.api_burst),
-            (2.5, 3)
-        );
+        assert_eq!((c.rate_limit.api_per_second, c.rate_limit.api_burst), (2.5, 3));
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
@@ -460,10 +389,7 @@ instance_discovery:
             Some(&path),
             env(&[
                 ("CALLFS_AUTH__API_KEY_USERS__BOB", "bob-key-0123456789ab"),
-                (
-                    "CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS__NODE-2",
-                    "https://10.0.0.2:8443",
-                ),
+                ("CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS__NODE-2", "https://10.0.0.2:8443"),
                 ("CALLFS_METADATA_STORE__TYPE", "postgres"),
                 ("CALLFS_DLM__TYPE", "postgres"),
             ]),
@@ -473,49 +399,28 @@ instance_discovery:
         let ids: Vec<String> = c.identities().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["alice", "bob"]);
         assert_eq!(
-            c.instance_discovery
-                .peer_endpoints
-                .get("node-2")
-                .map(String::as_str),
+            c.instance_discovery.peer_endpoints.get("node-2").map(String::as_str),
             Some("https://10.0.0.2:8443")
         );
     }
 
     #[test]
     fn env_key_alone_makes_a_valid_config() {
-        let (_dir, path) =
-            yaml_file(&VALID_YAML.replace("alice: \"dev-key-at-least-16-chars\"", ""));
-        assert!(load_err(&path, no_env())
-            .iter()
-            .any(|e| e.starts_with("auth: no API keys")));
-        let c = load_from(
-            Some(&path),
-            env(&[("CALLFS_AUTH__API_KEY_USERS__ALICE", "alice-key-0123456789")]),
-        )
-        .unwrap()
-        .config;
-        assert_eq!(
-            c.identities(),
-            [("alice".to_string(), "alice-key-0123456789".to_string())]
-        );
+        let (_dir, path) = yaml_file(&VALID_YAML.replace("alice: \"dev-key-at-least-16-chars\"", ""));
+        assert!(load_err(&path, no_env()).iter().any(|e| e.starts_with("auth: no API keys")));
+        let c = load_from(Some(&path), env(&[("CALLFS_AUTH__API_KEY_USERS__ALICE", "alice-key-0123456789")]))
+            .unwrap()
+            .config;
+        assert_eq!(c.identities(), [("alice".to_string(), "alice-key-0123456789".to_string())]);
     }
 
     #[test]
     fn env_whole_map_as_json_object_replaces_it() {
         let (_dir, path) = yaml_file(VALID_YAML);
-        let c = load_from(
-            Some(&path),
-            env(&[(
-                "CALLFS_AUTH__API_KEY_USERS",
-                r#"{"Alice": "alice-key-0123456789"}"#,
-            )]),
-        )
-        .unwrap()
-        .config;
-        assert_eq!(
-            c.identities(),
-            [("Alice".to_string(), "alice-key-0123456789".to_string())]
-        );
+        let c = load_from(Some(&path), env(&[("CALLFS_AUTH__API_KEY_USERS", r#"{"Alice": "alice-key-0123456789"}"#)]))
+            .unwrap()
+            .config;
+        assert_eq!(c.identities(), [("Alice".to_string(), "alice-key-0123456789".to_string())]);
     }
 
     #[test]
@@ -524,46 +429,25 @@ instance_discovery:
         let c = load_from(
             Some(&path),
             env(&[
-                (
-                    "CALLFS_AUTH__API_KEYS",
-                    "first-legacy-key-0000,second-legacy-key-000",
-                ),
+                ("CALLFS_AUTH__API_KEYS", "first-legacy-key-0000,second-legacy-key-000"),
                 ("CALLFS_SERVER__TRUSTED_PROXIES", r#"["10.0.0.0/8", "::1"]"#),
             ]),
         )
         .unwrap();
-        let ids: Vec<String> = c
-            .config
-            .identities()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let ids: Vec<String> = c.config.identities().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["alice", "api-user-0", "api-user-1"]);
-        assert_eq!(
-            c.config.auth.api_keys,
-            ["first-legacy-key-0000", "second-legacy-key-000"]
-        );
+        assert_eq!(c.config.auth.api_keys, ["first-legacy-key-0000", "second-legacy-key-000"]);
         assert_eq!(c.config.server.trusted_proxies, ["10.0.0.0/8", "::1"]);
-        assert!(c
-            .warnings
-            .iter()
-            .any(|w| w.starts_with("auth.api_keys: 2 legacy")));
+        assert!(c.warnings.iter().any(|w| w.starts_with("auth.api_keys: 2 legacy")));
     }
 
     #[test]
     fn env_empty_values_clear_keys() {
-        let (_dir, path) = yaml_file(&format!(
-            "{VALID_YAML}\nmetrics:\n  listen_addr: \":9090\"\n"
-        ));
-        let c = load_from(
-            Some(&path),
-            env(&[
-                ("CALLFS_METRICS__LISTEN_ADDR", ""),
-                ("CALLFS_SERVER__TRUSTED_PROXIES", ""),
-            ]),
-        )
-        .unwrap()
-        .config;
+        let (_dir, path) = yaml_file(&format!("{VALID_YAML}\nmetrics:\n  listen_addr: \":9090\"\n"));
+        let c =
+            load_from(Some(&path), env(&[("CALLFS_METRICS__LISTEN_ADDR", ""), ("CALLFS_SERVER__TRUSTED_PROXIES", "")]))
+                .unwrap()
+                .config;
         assert_eq!(c.metrics.listen_addr, "");
         assert_eq!(c.metrics_socket_addr(), None);
         assert!(c.server.trusted_proxies.is_empty());
@@ -575,9 +459,7 @@ instance_discovery:
         let errs = load_err(&path, env(&[("CALLFS_BACKEND__LOCALFS_FSYNC", "maybe")]));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0].starts_with(
-                "backend.localfs_fsync: invalid value in CALLFS_BACKEND__LOCALFS_FSYNC"
-            ),
+            errs[0].starts_with("backend.localfs_fsync: invalid value in CALLFS_BACKEND__LOCALFS_FSYNC"),
             "{errs:?}"
         );
     }
@@ -586,32 +468,15 @@ instance_discovery:
     fn every_conversion_error_is_reported_with_validation_errors() {
         let (_dir, path) = yaml_file(
             &VALID_YAML
-                .replace(
-                    "auth:\n  api_key_users:\n    alice: \"dev-key-at-least-16-chars\"\n",
-                    "auth:\n",
-                )
+                .replace("auth:\n  api_key_users:\n    alice: \"dev-key-at-least-16-chars\"\n", "auth:\n")
                 .replace("server:\n", "server:\n  max_header_bytes: lots\n"),
         );
-        let errs = load_err(
-            &path,
-            env(&[
-                ("CALLFS_SERVER__WRITE_TIMEOUT", "-5s"),
-                ("CALLFS_ERASURE__DATA_SHARDS", "x"),
-            ]),
-        );
+        let errs =
+            load_err(&path, env(&[("CALLFS_SERVER__WRITE_TIMEOUT", "-5s"), ("CALLFS_ERASURE__DATA_SHARDS", "x")]));
         let has = |prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
-        assert!(
-            has("server.write_timeout: invalid value in CALLFS_SERVER__WRITE_TIMEOUT"),
-            "{errs:?}"
-        );
-        assert!(
-            has("erasure.data_shards: invalid value in CALLFS_ERASURE__DATA_SHARDS"),
-            "{errs:?}"
-        );
-        assert!(
-            has("server.max_header_bytes: invalid value in "),
-            "{errs:?}"
-        );
+        assert!(has("server.write_timeout: invalid value in CALLFS_SERVER__WRITE_TIMEOUT"), "{errs:?}");
+        assert!(has("erasure.data_shards: invalid value in CALLFS_ERASURE__DATA_SHARDS"), "{errs:?}");
+        assert!(has("server.max_header_bytes: invalid value in "), "{errs:?}");
         assert!(has("auth: no API keys configured"), "{errs:?}");
         assert_eq!(errs.len(), 4, "{errs:?}");
     }
@@ -620,15 +485,10 @@ instance_discovery:
     fn section_replaced_by_a_scalar_is_an_error() {
         let (_dir, path) = yaml_file(VALID_YAML);
         let errs = load_err(&path, env(&[("CALLFS_LOG", "debug")]));
-        assert!(
-            errs[0].starts_with("log: invalid value in CALLFS_LOG"),
-            "{errs:?}"
-        );
+        assert!(errs[0].starts_with("log: invalid value in CALLFS_LOG"), "{errs:?}");
         let errs = load_err(&path, env(&[("CALLFS_SERVER__LISTEN_ADDR__PORT", "1")]));
         assert!(
-            errs[0].starts_with(
-                "server.listen_addr: invalid value in CALLFS_SERVER__LISTEN_ADDR__PORT"
-            ),
+            errs[0].starts_with("server.listen_addr: invalid value in CALLFS_SERVER__LISTEN_ADDR__PORT"),
             "{errs:?}"
         );
     }
@@ -636,10 +496,7 @@ instance_discovery:
     #[test]
     fn unknown_and_dropped_keys_warn_once_each() {
         let yaml = format!("{VALID_YAML}\nraft:\n  node_id: n1\n  peers: [a, b]\nextra_top: 1\n")
-            .replace(
-                "  sqlite_path:",
-                "  redis_addr: \"localhost:6379\"\n  sqlite_path:",
-            );
+            .replace("  sqlite_path:", "  redis_addr: \"localhost:6379\"\n  sqlite_path:");
         let (_dir, path) = yaml_file(&yaml);
         let loaded = load_from(Some(&path), env(&[("CALLFS_DLM__REDIS_ADDR", "x:6379")])).unwrap();
         let mut w = loaded.warnings.clone();
@@ -664,10 +521,7 @@ instance_discovery:
         let (_dir, path) = yaml_file(&yaml);
         let loaded = load_from(
             Some(&path),
-            env(&[
-                ("CALLFS_METADATA_STORE__TYPE", "postgres"),
-                ("CALLFS_DLM__TYPE", "postgres"),
-            ]),
+            env(&[("CALLFS_METADATA_STORE__TYPE", "postgres"), ("CALLFS_DLM__TYPE", "postgres")]),
         )
         .unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
@@ -676,10 +530,7 @@ instance_discovery:
 
     #[test]
     fn unquoted_numeric_keys_in_yaml_are_strings() {
-        let yaml = VALID_YAML.replace(
-            "alice: \"dev-key-at-least-16-chars\"",
-            "alice: 12345678901234567",
-        );
+        let yaml = VALID_YAML.replace("alice: \"dev-key-at-least-16-chars\"", "alice: 12345678901234567");
         let (_dir, path) = yaml_file(&yaml);
         let c = load_from(Some(&path), no_env()).unwrap().config;
         assert_eq!(c.auth.api_key_users["alice"], "12345678901234567");
@@ -687,11 +538,9 @@ instance_discovery:
 
     #[test]
     fn normalizes_on_load() {
-        let yaml =
-            VALID_YAML.replace("protocol: \"http\"", "protocol: \"\"") + "dlm:\n  type: \"\"\n";
+        let yaml = VALID_YAML.replace("protocol: \"http\"", "protocol: \"\"") + "dlm:\n  type: \"\"\n";
         let (_dir, path) = yaml_file(&yaml.replace("  type: \"sqlite\"", "  type: \"\""));
-        let loaded =
-            load_from(Some(&path), env(&[("CALLFS_BACKEND__DEFAULT_BACKEND", "")])).unwrap();
+        let loaded = load_from(Some(&path), env(&[("CALLFS_BACKEND__DEFAULT_BACKEND", "")])).unwrap();
         let c = loaded.config;
         assert_eq!(c.server.protocol, "https");
         assert_eq!(c.backend.default_backend, "localfs");
@@ -701,10 +550,10 @@ instance_discovery:
 
     #[test]
     fn short_legacy_key_fails_naming_auth_api_keys() {
-        let (_dir, path) = yaml_file(&VALID_YAML.replace(
-            "  api_key_users:\n    alice: \"dev-key-at-least-16-chars\"\n",
-            "  api_keys: [\"short\"]\n",
-        ));
+        let (_dir, path) = yaml_file(
+            &VALID_YAML
+                .replace("  api_key_users:\n    alice: \"dev-key-at-least-16-chars\"\n", "  api_keys: [\"short\"]\n"),
+        );
         let errs = load_err(&path, no_env());
         assert_eq!(errs, ["auth.api_keys[0]: key shorter than 16 characters"]);
     }

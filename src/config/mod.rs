@@ -24,8 +24,7 @@ pub const PLACEHOLDER_INTERNAL_PROXY_SECRET: &str = "change-me-internal-secret";
 pub const PLACEHOLDER_LINK_SECRET: &str = "change-me-link-secret";
 
 /// Key paths whose children are free-form entries (id → value) rather than fixed keys.
-pub(crate) const MAP_SECTIONS: [&str; 2] =
-    ["auth.api_key_users", "instance_discovery.peer_endpoints"];
+pub(crate) const MAP_SECTIONS: [&str; 2] = ["auth.api_key_users", "instance_discovery.peer_endpoints"];
 
 /// The whole configuration; every field is named after its key in `config.md` §2.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -138,10 +137,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: "json".into(),
-        }
+        LogConfig { level: "info".into(), format: "json".into() }
     }
 }
 
@@ -399,17 +395,8 @@ impl Config {
     /// Every configured key with its user id: named users (in id order), then the legacy
     /// `auth.api_keys` as `api-user-<index>`.
     pub fn identities(&self) -> Vec<(String, String)> {
-        let named = self
-            .auth
-            .api_key_users
-            .iter()
-            .map(|(id, key)| (id.clone(), key.clone()));
-        let legacy = self
-            .auth
-            .api_keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| (format!("api-user-{i}"), key.clone()));
+        let named = self.auth.api_key_users.iter().map(|(id, key)| (id.clone(), key.clone()));
+        let legacy = self.auth.api_keys.iter().enumerate().map(|(i, key)| (format!("api-user-{i}"), key.clone()));
         named.chain(legacy).collect()
     }
 
@@ -458,10 +445,7 @@ impl Config {
         let store = if self.metadata_store.kind == "postgres" {
             format!("postgres ({})", mask_dsn(&self.metadata_store.dsn))
         } else {
-            format!(
-                "{} ({})",
-                self.metadata_store.kind, self.metadata_store.sqlite_path
-            )
+            format!("{} ({})", self.metadata_store.kind, self.metadata_store.sqlite_path)
         };
         lines.push(format!("Metadata store: {store}"));
         let dlm = if self.dlm.kind == "postgres" {
@@ -470,23 +454,14 @@ impl Config {
             self.dlm.kind.clone()
         };
         lines.push(format!("Lock manager: {dlm}"));
-        let root = if self.backend.localfs_root_path.is_empty() {
-            "(disabled)"
-        } else {
-            &self.backend.localfs_root_path
-        };
+        let root =
+            if self.backend.localfs_root_path.is_empty() { "(disabled)" } else { &self.backend.localfs_root_path };
         lines.push(format!("Local storage root: {root}"));
         lines.push(format!("Default backend: {}", self.backend.default_backend));
         if !self.backend.s3_bucket_name.is_empty() {
-            lines.push(format!(
-                "S3 bucket: {} (region {})",
-                self.backend.s3_bucket_name, self.backend.s3_region
-            ));
+            lines.push(format!("S3 bucket: {} (region {})", self.backend.s3_bucket_name, self.backend.s3_region));
         }
-        lines.push(format!(
-            "Peers: {}",
-            self.instance_discovery.peer_endpoints.len()
-        ));
+        lines.push(format!("Peers: {}", self.instance_discovery.peer_endpoints.len()));
         lines.join("\n")
     }
 }
@@ -513,19 +488,13 @@ pub fn mask_dsn(dsn: &str) -> String {
         if let Some(at) = authority.rfind('@') {
             let userinfo = &authority[..at];
             if let Some(colon) = userinfo.find(':') {
-                out = format!(
-                    "{}{}:***{}",
-                    &dsn[..rest_start],
-                    &userinfo[..colon],
-                    &dsn[rest_start + at..]
-                );
+                out = format!("{}{}:***{}", &dsn[..rest_start], &userinfo[..colon], &dsn[rest_start + at..]);
             }
         }
     }
     let query = regex_lite::Regex::new(r"(?i)([?&]password=)[^&#]*").expect("static regex");
     let out = query.replace_all(&out, "${1}***").into_owned();
-    let kv = regex_lite::Regex::new(r"(?i)(^|\s)(password\s*=\s*)('[^']*'|[^\s']\S*)")
-        .expect("static regex");
+    let kv = regex_lite::Regex::new(r"(?i)(^|\s)(password\s*=\s*)('[^']*'|[^\s']\S*)").expect("static regex");
     kv.replace_all(&out, "${1}${2}***").into_owned()
 }
 
@@ -554,10 +523,7 @@ mod tests {
         assert!(c.auth.api_key_users.is_empty() && c.auth.api_keys.is_empty());
         assert_eq!(c.auth.internal_proxy_secret, "change-me-internal-secret");
         assert_eq!(c.auth.single_use_link_secret, "change-me-link-secret");
-        assert_eq!(
-            (c.log.level.as_str(), c.log.format.as_str()),
-            ("info", "json")
-        );
+        assert_eq!((c.log.level.as_str(), c.log.format.as_str()), ("info", "json"));
         assert_eq!(c.metrics.listen_addr, "");
         assert!(!c.metrics.require_auth);
         assert_eq!(c.backend.default_backend, "localfs");
@@ -566,27 +532,18 @@ mod tests {
         assert_eq!(c.backend.s3_region, "us-east-1");
         assert_eq!(c.backend.s3_server_side_encryption, "AES256");
         assert_eq!(c.backend.s3_acl, "private");
-        assert_eq!(
-            c.backend.internal_proxy_connect_timeout,
-            Duration::from_secs(5)
-        );
+        assert_eq!(c.backend.internal_proxy_connect_timeout, Duration::from_secs(5));
         assert_eq!(c.backend.internal_proxy_timeout, Duration::from_secs(30));
         assert_eq!(c.metadata_store.kind, "sqlite");
         assert_eq!(c.metadata_store.sqlite_path, "./callfs.sqlite3");
-        assert_eq!(
-            c.metadata_store.dsn,
-            "postgres://callfs:callfs@localhost/callfs?sslmode=require"
-        );
+        assert_eq!(c.metadata_store.dsn, "postgres://callfs:callfs@localhost/callfs?sslmode=require");
         assert_eq!(c.metadata_store.max_connections, 10);
         assert_eq!(c.dlm.kind, "local");
         assert_eq!(c.dlm.dsn, "");
         assert_eq!(c.dlm.lease_ttl, Duration::from_secs(30));
         assert_eq!(c.dlm.acquire_timeout, Duration::from_secs(10));
         assert_eq!(c.instance_discovery.instance_id, "callfs-instance-1");
-        assert_eq!(
-            c.instance_discovery.health_probe_interval,
-            Duration::from_secs(10)
-        );
+        assert_eq!(c.instance_discovery.health_probe_interval, Duration::from_secs(10));
         let r = &c.rate_limit;
         assert_eq!((r.links_per_second, r.links_burst), (100.0, 1));
         assert_eq!((r.downloads_per_second, r.downloads_burst), (10.0, 5));
@@ -636,16 +593,9 @@ mod tests {
     #[test]
     fn identities_named_then_legacy_in_order() {
         let mut c = Config::default();
-        c.auth.api_keys = vec![
-            "first-legacy-key-0000".into(),
-            "second-legacy-key-000".into(),
-        ];
-        c.auth
-            .api_key_users
-            .insert("bob".into(), "bob-key-0123456789".into());
-        c.auth
-            .api_key_users
-            .insert("alice".into(), "alice-key-0123456789".into());
+        c.auth.api_keys = vec!["first-legacy-key-0000".into(), "second-legacy-key-000".into()];
+        c.auth.api_key_users.insert("bob".into(), "bob-key-0123456789".into());
+        c.auth.api_key_users.insert("alice".into(), "alice-key-0123456789".into());
         let ids = c.identities();
         let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(names, ["alice", "bob", "api-user-0", "api-user-1"]);
@@ -684,30 +634,18 @@ mod tests {
 
     #[test]
     fn masks_dsn_passwords() {
-        assert_eq!(
-            mask_dsn("postgres://user:secret@host/db"),
-            "postgres://user:***@host/db"
-        );
+        assert_eq!(mask_dsn("postgres://user:secret@host/db"), "postgres://user:***@host/db");
         assert_eq!(
             mask_dsn("postgresql://u:p%40ss@h:5432/db?sslmode=disable"),
             "postgresql://u:***@h:5432/db?sslmode=disable"
         );
-        assert_eq!(
-            mask_dsn("postgres://user@host/db"),
-            "postgres://user@host/db"
-        );
+        assert_eq!(mask_dsn("postgres://user@host/db"), "postgres://user@host/db");
         assert_eq!(
             mask_dsn("postgres://h/db?user=u&password=pw&sslmode=require"),
             "postgres://h/db?user=u&password=***&sslmode=require"
         );
-        assert_eq!(
-            mask_dsn("host=db user=u password=pw dbname=x"),
-            "host=db user=u password=*** dbname=x"
-        );
-        assert_eq!(
-            mask_dsn("host=db password='a b' dbname=x"),
-            "host=db password=*** dbname=x"
-        );
+        assert_eq!(mask_dsn("host=db user=u password=pw dbname=x"), "host=db user=u password=*** dbname=x");
+        assert_eq!(mask_dsn("host=db password='a b' dbname=x"), "host=db password=*** dbname=x");
     }
 
     #[test]
@@ -717,34 +655,19 @@ mod tests {
         c.metadata_store.dsn = "postgres://callfs:hunter2@db.example/callfs".into();
         c.dlm.kind = "postgres".into();
         c.auth.internal_proxy_secret = "internal-secret-value".into();
-        c.auth
-            .api_key_users
-            .insert("alice".into(), "alice-secret-key-123".into());
+        c.auth.api_key_users.insert("alice".into(), "alice-secret-key-123".into());
         c.backend.s3_bucket_name = "files".into();
         c.backend.s3_secret_key = "s3-secret-value".into();
-        c.instance_discovery
-            .peer_endpoints
-            .insert("n2".into(), "https://n2:8443".into());
+        c.instance_discovery.peer_endpoints.insert("n2".into(), "https://n2:8443".into());
         let s = c.summary();
-        assert!(
-            s.contains("Metadata store: postgres (postgres://callfs:***@db.example/callfs)"),
-            "{s}"
-        );
-        assert!(
-            s.contains("Lock manager: postgres (postgres://callfs:***@db.example/callfs)"),
-            "{s}"
-        );
+        assert!(s.contains("Metadata store: postgres (postgres://callfs:***@db.example/callfs)"), "{s}");
+        assert!(s.contains("Lock manager: postgres (postgres://callfs:***@db.example/callfs)"), "{s}");
         assert!(s.contains("Instance ID: callfs-instance-1"), "{s}");
         assert!(s.contains("Listen address: :8443"), "{s}");
         assert!(s.contains("Protocol: https"), "{s}");
         assert!(s.contains("S3 bucket: files (region us-east-1)"), "{s}");
         assert!(s.contains("Peers: 1"), "{s}");
-        for secret in [
-            "hunter2",
-            "internal-secret-value",
-            "alice-secret-key-123",
-            "s3-secret-value",
-        ] {
+        for secret in ["hunter2", "internal-secret-value", "alice-secret-key-123", "s3-secret-value"] {
             assert!(!s.contains(secret), "summary leaks {secret}: {s}");
         }
     }
@@ -752,10 +675,7 @@ mod tests {
     #[test]
     fn summary_shows_sqlite_path_and_omits_empty_bucket() {
         let s = Config::default().summary();
-        assert!(
-            s.contains("Metadata store: sqlite (./callfs.sqlite3)"),
-            "{s}"
-        );
+        assert!(s.contains("Metadata store: sqlite (./callfs.sqlite3)"), "{s}");
         assert!(s.contains("Lock manager: local"), "{s}");
         assert!(s.contains("Local storage root: /var/lib/callfs"), "{s}");
         assert!(!s.contains("S3 bucket"), "{s}");

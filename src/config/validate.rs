@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use super::{
-    Config, PLACEHOLDER_API_KEY, PLACEHOLDER_INTERNAL_PROXY_SECRET, PLACEHOLDER_LINK_SECRET,
-};
+use super::{Config, PLACEHOLDER_API_KEY, PLACEHOLDER_INTERNAL_PROXY_SECRET, PLACEHOLDER_LINK_SECRET};
 
 const MIN_SECRET_LEN: usize = 16;
 
@@ -89,10 +87,7 @@ fn server(c: &Config, v: &mut Report) {
     for entry in &s.trusted_proxies {
         let t = entry.trim();
         if t.parse::<IpAddr>().is_err() && t.parse::<ipnet::IpNet>().is_err() {
-            v.error(format!(
-                "server.trusted_proxies: \"{}\" is not an IP address or CIDR",
-                entry.escape_debug()
-            ));
+            v.error(format!("server.trusted_proxies: \"{}\" is not an IP address or CIDR", entry.escape_debug()));
         }
     }
 }
@@ -107,27 +102,15 @@ fn auth(c: &Config, v: &mut Report) {
     let entries: Vec<(String, &str)> = a
         .api_key_users
         .iter()
-        .map(|(id, key)| {
-            (
-                format!("auth.api_key_users.{}", id.escape_debug()),
-                key.as_str(),
-            )
-        })
-        .chain(
-            a.api_keys
-                .iter()
-                .enumerate()
-                .map(|(i, key)| (format!("auth.api_keys[{i}]"), key.as_str())),
-        )
+        .map(|(id, key)| (format!("auth.api_key_users.{}", id.escape_debug()), key.as_str()))
+        .chain(a.api_keys.iter().enumerate().map(|(i, key)| (format!("auth.api_keys[{i}]"), key.as_str())))
         .collect();
     // Rule 8.
     for (entry, key) in &entries {
         if *key == PLACEHOLDER_API_KEY {
             v.error(format!("{entry}: placeholder key not allowed"));
         } else if key.chars().count() < MIN_SECRET_LEN {
-            v.error(format!(
-                "{entry}: key shorter than {MIN_SECRET_LEN} characters"
-            ));
+            v.error(format!("{entry}: key shorter than {MIN_SECRET_LEN} characters"));
         }
     }
     // Rules 9 and 10.
@@ -161,9 +144,7 @@ fn auth(c: &Config, v: &mut Report) {
             v.error("auth.internal_proxy_secret: same value as an API key");
         }
         if internal.chars().count() < MIN_SECRET_LEN {
-            v.warn(format!(
-                "auth.internal_proxy_secret: shorter than {MIN_SECRET_LEN} characters"
-            ));
+            v.warn(format!("auth.internal_proxy_secret: shorter than {MIN_SECRET_LEN} characters"));
         }
     }
     // Rule 14.
@@ -171,9 +152,7 @@ fn auth(c: &Config, v: &mut Report) {
     if link.trim().is_empty() || link == PLACEHOLDER_LINK_SECRET {
         v.error("auth.single_use_link_secret: missing or placeholder value");
     } else if link.chars().count() < MIN_SECRET_LEN {
-        v.warn(format!(
-            "auth.single_use_link_secret: shorter than {MIN_SECRET_LEN} characters"
-        ));
+        v.warn(format!("auth.single_use_link_secret: shorter than {MIN_SECRET_LEN} characters"));
     }
     if !a.api_keys.is_empty() {
         v.warn(format!(
@@ -207,10 +186,7 @@ fn backend(c: &Config, v: &mut Report) {
     // Rule 17.
     let default_backend = b.default_backend.as_str();
     if !matches!(default_backend, "localfs" | "s3") {
-        v.error(format!(
-            "backend.default_backend: expected localfs or s3, got \"{}\"",
-            default_backend.escape_debug()
-        ));
+        v.error(format!("backend.default_backend: expected localfs or s3, got \"{}\"", default_backend.escape_debug()));
     }
     // Rule 18.
     if default_backend == "localfs" && b.localfs_root_path.trim().is_empty() {
@@ -221,18 +197,12 @@ fn backend(c: &Config, v: &mut Report) {
         v.error("backend.s3_bucket_name: required when default_backend is s3");
     }
     // Rule 20.
-    if !matches!(
-        b.s3_server_side_encryption.as_str(),
-        "" | "AES256" | "aws:kms"
-    ) {
+    if !matches!(b.s3_server_side_encryption.as_str(), "" | "AES256" | "aws:kms") {
         v.error("backend.s3_server_side_encryption: expected \"\", AES256 or aws:kms");
     }
     // Rule 21.
     for (key, value) in [
-        (
-            "internal_proxy_connect_timeout",
-            b.internal_proxy_connect_timeout,
-        ),
+        ("internal_proxy_connect_timeout", b.internal_proxy_connect_timeout),
         ("internal_proxy_timeout", b.internal_proxy_timeout),
     ] {
         if value.is_zero() {
@@ -241,10 +211,7 @@ fn backend(c: &Config, v: &mut Report) {
     }
     if !b.internal_proxy_ca_file.is_empty() {
         if let Err(e) = std::fs::read(&b.internal_proxy_ca_file) {
-            v.error(format!(
-                "backend.internal_proxy_ca_file: cannot read {}: {e}",
-                b.internal_proxy_ca_file
-            ));
+            v.error(format!("backend.internal_proxy_ca_file: cannot read {}: {e}", b.internal_proxy_ca_file));
         }
     }
     if b.internal_proxy_skip_tls_verify {
@@ -257,10 +224,9 @@ fn stores(c: &Config, v: &mut Report) {
     // Rule 22.
     match m.kind.as_str() {
         "sqlite" | "postgres" => {}
-        "redis" | "raft" => v.error(format!(
-            "metadata_store.type: {} is not supported; use postgres for a cluster",
-            m.kind
-        )),
+        "redis" | "raft" => {
+            v.error(format!("metadata_store.type: {} is not supported; use postgres for a cluster", m.kind))
+        }
         _ => v.error("metadata_store.type: expected sqlite or postgres"),
     }
     // Rule 23.
@@ -279,9 +245,7 @@ fn stores(c: &Config, v: &mut Report) {
     }
     // Rule 25.
     if d.kind == "postgres" && d.dsn.trim().is_empty() && m.kind != "postgres" {
-        v.error(
-            "dlm.dsn: required when dlm.type is postgres and metadata_store.type is not postgres",
-        );
+        v.error("dlm.dsn: required when dlm.type is postgres and metadata_store.type is not postgres");
     }
     // Rule 26 (acquire_timeout >= 0 holds by type: negative durations fail to load).
     if d.lease_ttl < Duration::from_secs(1) {
@@ -308,19 +272,15 @@ fn discovery(c: &Config, v: &mut Report) {
     for (id, endpoint) in &d.peer_endpoints {
         let key = format!("instance_discovery.peer_endpoints.{}", id.escape_debug());
         if !is_instance_id(id) {
-            v.error(format!(
-                "{key}: invalid peer id (expected 1-100 of A-Z a-z 0-9 . _ -)"
-            ));
+            v.error(format!("{key}: invalid peer id (expected 1-100 of A-Z a-z 0-9 . _ -)"));
         } else if *id == d.instance_id {
-            v.error(format!(
-                "{key}: peer id equals instance_discovery.instance_id"
-            ));
+            v.error(format!("{key}: peer id equals instance_discovery.instance_id"));
         }
         match check_endpoint(endpoint) {
             Err(problem) => v.error(format!("{key}: {problem}")),
-            Ok(Scheme::Http) => v.warn(format!(
-                "{key}: plain http endpoint; the internal proxy secret travels unencrypted"
-            )),
+            Ok(Scheme::Http) => {
+                v.warn(format!("{key}: plain http endpoint; the internal proxy secret travels unencrypted"))
+            }
             Ok(Scheme::Https) => {}
         }
     }
@@ -339,16 +299,12 @@ fn rate_limit(c: &Config, v: &mut Report) {
         ("api", r.api_per_second, r.api_burst),
     ] {
         if rate < 0.0 || rate.is_nan() {
-            v.error(format!(
-                "rate_limit.{name}_per_second: must not be negative"
-            ));
+            v.error(format!("rate_limit.{name}_per_second: must not be negative"));
         }
         if burst < 0 {
             v.error(format!("rate_limit.{name}_burst: must not be negative"));
         } else if rate > 0.0 && burst < 1 {
-            v.error(format!(
-                "rate_limit.{name}_burst: must be at least 1 when {name}_per_second is positive"
-            ));
+            v.error(format!("rate_limit.{name}_burst: must be at least 1 when {name}_per_second is positive"));
         }
     }
 }
@@ -393,8 +349,7 @@ pub(crate) fn is_host_port(addr: &str) -> bool {
 /// Whether two `[host]:port` listeners would collide: same port and the same host, or either on all
 /// interfaces (empty host, `0.0.0.0`, `[::]`).
 fn same_listener(a: &str, b: &str) -> bool {
-    let (Some((host_a, port_a)), Some((host_b, port_b))) =
-        (a.trim().rsplit_once(':'), b.trim().rsplit_once(':'))
+    let (Some((host_a, port_a)), Some((host_b, port_b))) = (a.trim().rsplit_once(':'), b.trim().rsplit_once(':'))
     else {
         return false;
     };
@@ -404,10 +359,7 @@ fn same_listener(a: &str, b: &str) -> bool {
 }
 
 fn is_port(port: &str) -> bool {
-    !port.is_empty()
-        && port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && port.parse::<u16>().is_ok()
+    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
 }
 
 fn is_host(host: &str, allow_empty: bool) -> bool {
@@ -415,12 +367,9 @@ fn is_host(host: &str, allow_empty: bool) -> bool {
         return allow_empty;
     }
     if let Some(inner) = host.strip_prefix('[') {
-        return inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
+        return inner.strip_suffix(']').is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
     }
-    host.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 enum Scheme {
@@ -465,10 +414,7 @@ fn check_endpoint(url: &str) -> Result<Scheme, String> {
 
 /// `^[A-Za-z0-9._-]{1,100}$`.
 fn is_instance_id(id: &str) -> bool {
-    (1..=100).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Non-blank, at most 128 bytes, no whitespace or control characters.
@@ -480,9 +426,7 @@ fn is_valid_user_id(id: &str) -> bool {
 fn is_reserved_user_id(id: &str) -> bool {
     id == "root"
         || id == "internal-proxy"
-        || id
-            .strip_prefix("api-user-")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        || id.strip_prefix("api-user-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -518,16 +462,8 @@ mod tests {
     #[track_caller]
     fn assert_one_error(c: &Config, prefix: &str) {
         let errs = errors(c);
-        assert_eq!(
-            errs.len(),
-            1,
-            "expected one error starting with {prefix:?}, got {errs:?}"
-        );
-        assert!(
-            errs[0].starts_with(prefix),
-            "expected {prefix:?}, got {:?}",
-            errs[0]
-        );
+        assert_eq!(errs.len(), 1, "expected one error starting with {prefix:?}, got {errs:?}");
+        assert!(errs[0].starts_with(prefix), "expected {prefix:?}, got {:?}", errs[0]);
     }
 
     #[test]
@@ -538,17 +474,9 @@ mod tests {
     #[test]
     fn defaults_fail_on_keys_and_placeholders() {
         let errs = errors(&Config::default());
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("auth: no API keys configured")),
-            "{errs:?}"
-        );
-        assert!(errs
-            .iter()
-            .any(|e| e.starts_with("auth.internal_proxy_secret: missing or placeholder value")));
-        assert!(errs
-            .iter()
-            .any(|e| e.starts_with("auth.single_use_link_secret: missing or placeholder value")));
+        assert!(errs.iter().any(|e| e.starts_with("auth: no API keys configured")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("auth.internal_proxy_secret: missing or placeholder value")));
+        assert!(errs.iter().any(|e| e.starts_with("auth.single_use_link_secret: missing or placeholder value")));
         assert_eq!(errs.len(), 3, "{errs:?}");
     }
 
@@ -557,26 +485,11 @@ mod tests {
         let mut c = valid();
         c.server.listen_addr = String::new();
         assert_one_error(&c, "server.listen_addr: required");
-        for bad in [
-            "8443",
-            "host:",
-            "host:99999",
-            "a b:80",
-            "::1:80",
-            "[::1:80",
-            "host:8x",
-        ] {
+        for bad in ["8443", "host:", "host:99999", "a b:80", "::1:80", "[::1:80", "host:8x"] {
             c.server.listen_addr = bad.into();
             assert_one_error(&c, "server.listen_addr: not a valid host:port");
         }
-        for good in [
-            ":8443",
-            "0.0.0.0:1",
-            "[::]:8443",
-            "[::1]:80",
-            "localhost:0",
-            "my-host.example:443",
-        ] {
+        for good in [":8443", "0.0.0.0:1", "[::]:8443", "[::1]:80", "localhost:0", "my-host.example:443"] {
             c.server.listen_addr = good.into();
             assert!(errors(&c).is_empty(), "{good}");
         }
@@ -597,23 +510,14 @@ mod tests {
         c.server.protocol = "https".into();
         assert!(errors(&c).is_empty());
         c.server.key_file = String::new();
-        assert_one_error(
-            &c,
-            "server.cert_file, server.key_file: both required for protocol https",
-        );
+        assert_one_error(&c, "server.cert_file, server.key_file: both required for protocol https");
         c.server.protocol = "http".into();
         assert!(errors(&c).is_empty());
     }
 
     #[test]
     fn rule_04_server_limits() {
-        for key in [
-            "read_timeout",
-            "write_timeout",
-            "idle_timeout",
-            "file_op_timeout",
-            "metadata_op_timeout",
-        ] {
+        for key in ["read_timeout", "write_timeout", "idle_timeout", "file_op_timeout", "metadata_op_timeout"] {
             let mut c = valid();
             match key {
                 "read_timeout" => c.server.read_timeout = Duration::ZERO,
@@ -646,28 +550,17 @@ mod tests {
     #[test]
     fn rule_06_trusted_proxies() {
         let mut c = valid();
-        c.server.trusted_proxies = vec![
-            "10.0.0.1".into(),
-            "10.0.0.0/8".into(),
-            "::1".into(),
-            "fd00::/8".into(),
-        ];
+        c.server.trusted_proxies = vec!["10.0.0.1".into(), "10.0.0.0/8".into(), "::1".into(), "fd00::/8".into()];
         assert!(errors(&c).is_empty());
         c.server.trusted_proxies.push("proxy.local".into());
-        assert_one_error(
-            &c,
-            "server.trusted_proxies: \"proxy.local\" is not an IP address or CIDR",
-        );
+        assert_one_error(&c, "server.trusted_proxies: \"proxy.local\" is not an IP address or CIDR");
     }
 
     #[test]
     fn rule_07_needs_a_key() {
         let mut c = valid();
         c.auth.api_key_users.clear();
-        assert_one_error(
-            &c,
-            "auth: no API keys configured (set auth.api_key_users or auth.api_keys)",
-        );
+        assert_one_error(&c, "auth: no API keys configured (set auth.api_key_users or auth.api_keys)");
     }
 
     #[test]
@@ -675,30 +568,14 @@ mod tests {
         let mut c = valid();
         c.auth.api_keys = vec!["short".into()];
         let errs = errors(&c);
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("auth.api_keys[0]: key shorter than 16 characters")),
-            "{errs:?}"
-        );
-        assert!(
-            !errs
-                .iter()
-                .any(|e| e.contains("short\"") || e.contains(": short")),
-            "key printed: {errs:?}"
-        );
+        assert!(errs.iter().any(|e| e.starts_with("auth.api_keys[0]: key shorter than 16 characters")), "{errs:?}");
+        assert!(!errs.iter().any(|e| e.contains("short\"") || e.contains(": short")), "key printed: {errs:?}");
         let mut c = valid();
-        c.auth
-            .api_key_users
-            .insert("bob".into(), "default-api-key".into());
+        c.auth.api_key_users.insert("bob".into(), "default-api-key".into());
         assert_one_error(&c, "auth.api_key_users.bob: placeholder key not allowed");
         let mut c = valid();
-        c.auth
-            .api_key_users
-            .insert("carol".into(), "fifteen-chars15".into());
-        assert_one_error(
-            &c,
-            "auth.api_key_users.carol: key shorter than 16 characters",
-        );
+        c.auth.api_key_users.insert("carol".into(), "fifteen-chars15".into());
+        assert_one_error(&c, "auth.api_key_users.carol: key shorter than 16 characters");
     }
 
     #[test]
@@ -721,9 +598,7 @@ mod tests {
             assert_one_error(&c, &format!("auth.api_key_users.{id}: user id is reserved"));
         }
         let mut c = valid();
-        c.auth
-            .api_key_users
-            .insert("api-user-x".into(), KEY_B.into());
+        c.auth.api_key_users.insert("api-user-x".into(), KEY_B.into());
         assert!(errors(&c).is_empty());
     }
 
@@ -731,33 +606,21 @@ mod tests {
     fn rule_11_duplicate_keys_name_the_other_entry() {
         let mut c = valid();
         c.auth.api_key_users.insert("bob".into(), KEY_A.into());
-        assert_one_error(
-            &c,
-            "auth.api_key_users.bob: key already used by auth.api_key_users.alice",
-        );
+        assert_one_error(&c, "auth.api_key_users.bob: key already used by auth.api_key_users.alice");
         assert!(!errors(&c)[0].contains(KEY_A));
         let mut c = valid();
         c.auth.api_keys = vec![KEY_B.into(), KEY_A.into()];
         let errs = errors(&c);
-        assert_eq!(
-            errs,
-            ["auth.api_keys[1]: key already used by auth.api_key_users.alice"]
-        );
+        assert_eq!(errs, ["auth.api_keys[1]: key already used by auth.api_key_users.alice"]);
     }
 
     #[test]
     fn rule_12_internal_secret_required() {
         let mut c = valid();
         c.auth.internal_proxy_secret = String::new();
-        assert_one_error(
-            &c,
-            "auth.internal_proxy_secret: missing or placeholder value",
-        );
+        assert_one_error(&c, "auth.internal_proxy_secret: missing or placeholder value");
         c.auth.internal_proxy_secret = "change-me-internal-secret".into();
-        assert_one_error(
-            &c,
-            "auth.internal_proxy_secret: missing or placeholder value",
-        );
+        assert_one_error(&c, "auth.internal_proxy_secret: missing or placeholder value");
     }
 
     #[test]
@@ -771,15 +634,9 @@ mod tests {
     fn rule_14_link_secret_required() {
         let mut c = valid();
         c.auth.single_use_link_secret = "change-me-link-secret".into();
-        assert_one_error(
-            &c,
-            "auth.single_use_link_secret: missing or placeholder value",
-        );
+        assert_one_error(&c, "auth.single_use_link_secret: missing or placeholder value");
         c.auth.single_use_link_secret = " ".into();
-        assert_one_error(
-            &c,
-            "auth.single_use_link_secret: missing or placeholder value",
-        );
+        assert_one_error(&c, "auth.single_use_link_secret: missing or placeholder value");
     }
 
     #[test]
@@ -802,21 +659,12 @@ mod tests {
         c.metrics.listen_addr = "nope".into();
         assert_one_error(&c, "metrics.listen_addr: not a valid host:port");
         c.metrics.listen_addr = "127.0.0.1:8443".into();
-        assert_one_error(
-            &c,
-            "metrics.listen_addr: same address as server.listen_addr",
-        );
+        assert_one_error(&c, "metrics.listen_addr: same address as server.listen_addr");
         c.server.listen_addr = ":9000".into();
         c.metrics.listen_addr = "0.0.0.0:9000".into();
-        assert_one_error(
-            &c,
-            "metrics.listen_addr: same address as server.listen_addr",
-        );
+        assert_one_error(&c, "metrics.listen_addr: same address as server.listen_addr");
         c.metrics.listen_addr = "127.0.0.1:9000".into();
-        assert_one_error(
-            &c,
-            "metrics.listen_addr: same address as server.listen_addr",
-        );
+        assert_one_error(&c, "metrics.listen_addr: same address as server.listen_addr");
         c.server.listen_addr = "10.0.0.1:9000".into();
         assert!(errors(&c).is_empty());
         c.metrics.listen_addr = ":9090".into();
@@ -827,30 +675,21 @@ mod tests {
     fn rule_17_default_backend() {
         let mut c = valid();
         c.backend.default_backend = "gcs".into();
-        assert_one_error(
-            &c,
-            "backend.default_backend: expected localfs or s3, got \"gcs\"",
-        );
+        assert_one_error(&c, "backend.default_backend: expected localfs or s3, got \"gcs\"");
     }
 
     #[test]
     fn rule_18_localfs_root_required() {
         let mut c = valid();
         c.backend.localfs_root_path = String::new();
-        assert_one_error(
-            &c,
-            "backend.localfs_root_path: required when default_backend is localfs",
-        );
+        assert_one_error(&c, "backend.localfs_root_path: required when default_backend is localfs");
     }
 
     #[test]
     fn rule_19_s3_bucket_required() {
         let mut c = valid();
         c.backend.default_backend = "s3".into();
-        assert_one_error(
-            &c,
-            "backend.s3_bucket_name: required when default_backend is s3",
-        );
+        assert_one_error(&c, "backend.s3_bucket_name: required when default_backend is s3");
         c.backend.s3_bucket_name = "bucket".into();
         assert!(errors(&c).is_empty());
     }
@@ -859,10 +698,7 @@ mod tests {
     fn rule_20_server_side_encryption() {
         let mut c = valid();
         c.backend.s3_server_side_encryption = "aes256".into();
-        assert_one_error(
-            &c,
-            "backend.s3_server_side_encryption: expected \"\", AES256 or aws:kms",
-        );
+        assert_one_error(&c, "backend.s3_server_side_encryption: expected \"\", AES256 or aws:kms");
         for ok in ["", "AES256", "aws:kms"] {
             c.backend.s3_server_side_encryption = ok.into();
             assert!(errors(&c).is_empty(), "{ok}");
@@ -873,19 +709,13 @@ mod tests {
     fn rule_21_proxy_timeouts_and_ca_file() {
         let mut c = valid();
         c.backend.internal_proxy_connect_timeout = Duration::ZERO;
-        assert_one_error(
-            &c,
-            "backend.internal_proxy_connect_timeout: must be positive",
-        );
+        assert_one_error(&c, "backend.internal_proxy_connect_timeout: must be positive");
         let mut c = valid();
         c.backend.internal_proxy_timeout = Duration::ZERO;
         assert_one_error(&c, "backend.internal_proxy_timeout: must be positive");
         let mut c = valid();
         c.backend.internal_proxy_ca_file = "/nonexistent/ca.pem".into();
-        assert_one_error(
-            &c,
-            "backend.internal_proxy_ca_file: cannot read /nonexistent/ca.pem",
-        );
+        assert_one_error(&c, "backend.internal_proxy_ca_file: cannot read /nonexistent/ca.pem");
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "pem").unwrap();
@@ -902,9 +732,7 @@ mod tests {
             c.metadata_store.kind = dropped.into();
             assert_one_error(
                 &c,
-                &format!(
-                    "metadata_store.type: {dropped} is not supported; use postgres for a cluster"
-                ),
+                &format!("metadata_store.type: {dropped} is not supported; use postgres for a cluster"),
             );
         }
     }
@@ -917,10 +745,7 @@ mod tests {
         assert_one_error(&c, "metadata_store.dsn: required when type is postgres");
         let mut c = valid();
         c.metadata_store.sqlite_path = String::new();
-        assert_one_error(
-            &c,
-            "metadata_store.sqlite_path: required when type is sqlite",
-        );
+        assert_one_error(&c, "metadata_store.sqlite_path: required when type is sqlite");
     }
 
     #[test]
@@ -936,10 +761,7 @@ mod tests {
     fn rule_25_dlm_postgres_needs_a_dsn() {
         let mut c = valid();
         c.dlm.kind = "postgres".into();
-        assert_one_error(
-            &c,
-            "dlm.dsn: required when dlm.type is postgres and metadata_store.type is not postgres",
-        );
+        assert_one_error(&c, "dlm.dsn: required when dlm.type is postgres and metadata_store.type is not postgres");
         c.dlm.dsn = "postgres://locks@db/locks".into();
         assert!(errors(&c).is_empty());
         c.dlm.dsn = String::new();
@@ -973,59 +795,21 @@ mod tests {
     #[test]
     fn rule_28_peer_endpoints() {
         let cases = [
-            (
-                "bad id",
-                "https://n2:8443",
-                "instance_discovery.peer_endpoints.bad id: invalid peer id",
-            ),
-            (
-                "node-1",
-                "https://n1:8443",
-                "instance_discovery.peer_endpoints.node-1: peer id equals",
-            ),
-            (
-                "n2",
-                "n2:8443",
-                "instance_discovery.peer_endpoints.n2: endpoint must be an absolute",
-            ),
-            (
-                "n2",
-                "ftp://n2",
-                "instance_discovery.peer_endpoints.n2: endpoint must be an absolute",
-            ),
-            (
-                "n2",
-                "https://",
-                "instance_discovery.peer_endpoints.n2: endpoint must be an absolute",
-            ),
-            (
-                "n2",
-                "https://n2:99999",
-                "instance_discovery.peer_endpoints.n2: endpoint must be an absolute",
-            ),
-            (
-                "n2",
-                "https://n2:8443/?a=b",
-                "instance_discovery.peer_endpoints.n2: endpoint must not contain a query",
-            ),
-            (
-                "n2",
-                "https://n2:8443#x",
-                "instance_discovery.peer_endpoints.n2: endpoint must not contain a query",
-            ),
-            (
-                "n2",
-                "",
-                "instance_discovery.peer_endpoints.n2: endpoint required",
-            ),
+            ("bad id", "https://n2:8443", "instance_discovery.peer_endpoints.bad id: invalid peer id"),
+            ("node-1", "https://n1:8443", "instance_discovery.peer_endpoints.node-1: peer id equals"),
+            ("n2", "n2:8443", "instance_discovery.peer_endpoints.n2: endpoint must be an absolute"),
+            ("n2", "ftp://n2", "instance_discovery.peer_endpoints.n2: endpoint must be an absolute"),
+            ("n2", "https://", "instance_discovery.peer_endpoints.n2: endpoint must be an absolute"),
+            ("n2", "https://n2:99999", "instance_discovery.peer_endpoints.n2: endpoint must be an absolute"),
+            ("n2", "https://n2:8443/?a=b", "instance_discovery.peer_endpoints.n2: endpoint must not contain a query"),
+            ("n2", "https://n2:8443#x", "instance_discovery.peer_endpoints.n2: endpoint must not contain a query"),
+            ("n2", "", "instance_discovery.peer_endpoints.n2: endpoint required"),
         ];
         for (id, url, prefix) in cases {
             let mut c = valid();
             c.metadata_store.kind = "postgres".into();
             c.dlm.kind = "postgres".into();
-            c.instance_discovery
-                .peer_endpoints
-                .insert(id.into(), url.into());
+            c.instance_discovery.peer_endpoints.insert(id.into(), url.into());
             assert_one_error(&c, prefix);
         }
         let mut c = valid();
@@ -1037,9 +821,7 @@ mod tests {
             ("n4", "HTTPS://n4"),
             ("n5", "https://[fd00::5]"),
         ] {
-            c.instance_discovery
-                .peer_endpoints
-                .insert(id.into(), url.into());
+            c.instance_discovery.peer_endpoints.insert(id.into(), url.into());
         }
         assert_eq!(validate(&c), (vec![], vec![]));
     }
@@ -1048,10 +830,7 @@ mod tests {
     fn rule_29_health_probe_interval() {
         let mut c = valid();
         c.instance_discovery.health_probe_interval = Duration::from_millis(500);
-        assert_one_error(
-            &c,
-            "instance_discovery.health_probe_interval: must be at least 1s",
-        );
+        assert_one_error(&c, "instance_discovery.health_probe_interval: must be at least 1s");
     }
 
     #[test]
@@ -1073,15 +852,10 @@ mod tests {
     fn rule_31_replica_backend() {
         let mut c = valid();
         c.ha.replication_enabled = true;
-        assert_one_error(
-            &c,
-            "ha.replica_backend: expected localfs or s3 when replication is enabled",
-        );
+        assert_one_error(&c, "ha.replica_backend: expected localfs or s3 when replication is enabled");
         c.ha.replica_backend = "s3".into();
         assert!(errors(&c).is_empty());
-        assert!(warnings(&c)
-            .iter()
-            .any(|w| w.starts_with("ha.replication_enabled:")));
+        assert!(warnings(&c).iter().any(|w| w.starts_with("ha.replication_enabled:")));
     }
 
     #[test]
@@ -1093,9 +867,7 @@ mod tests {
         assert_one_error(&c, "erasure: data_shards + parity_shards exceeds 256");
         c.erasure.parity_shards = 56;
         assert!(errors(&c).is_empty());
-        assert!(warnings(&c)
-            .iter()
-            .any(|w| w.starts_with("erasure.enabled:")));
+        assert!(warnings(&c).iter().any(|w| w.starts_with("erasure.enabled:")));
         // Below-minimum counts are replaced silently.
         c.erasure.data_shards = 0;
         c.erasure.parity_shards = 0;
@@ -1107,20 +879,12 @@ mod tests {
         let mut c = valid();
         c.server.enable_quic = true;
         assert!(errors(&c).is_empty());
-        assert!(warnings(&c)
-            .iter()
-            .any(|w| w.starts_with("server.enable_quic:")));
+        assert!(warnings(&c).iter().any(|w| w.starts_with("server.enable_quic:")));
         c.server.quic_listen_addr = String::new();
-        assert_one_error(
-            &c,
-            "server.quic_listen_addr: required when enable_quic is true",
-        );
+        assert_one_error(&c, "server.quic_listen_addr: required when enable_quic is true");
         c.server.quic_listen_addr = ":8443".into();
         c.server.cert_file = String::new();
-        assert_one_error(
-            &c,
-            "server.cert_file, server.key_file: both required when enable_quic is true",
-        );
+        assert_one_error(&c, "server.cert_file, server.key_file: both required when enable_quic is true");
     }
 
     #[test]
@@ -1141,31 +905,17 @@ mod tests {
         c.auth.internal_proxy_secret = "short-internal".into();
         c.auth.single_use_link_secret = "short-link".into();
         c.backend.internal_proxy_skip_tls_verify = true;
-        c.instance_discovery
-            .peer_endpoints
-            .insert("n2".into(), "http://10.0.0.2:8443".into());
+        c.instance_discovery.peer_endpoints.insert("n2".into(), "http://10.0.0.2:8443".into());
         let (errs, warns) = validate(&c);
         assert!(errs.is_empty(), "{errs:?}");
         let has = |prefix: &str| warns.iter().any(|w| w.starts_with(prefix));
         assert!(has("auth.api_keys: 2 legacy"), "{warns:?}");
-        assert!(
-            has("auth.internal_proxy_secret: shorter than 16"),
-            "{warns:?}"
-        );
-        assert!(
-            has("auth.single_use_link_secret: shorter than 16"),
-            "{warns:?}"
-        );
+        assert!(has("auth.internal_proxy_secret: shorter than 16"), "{warns:?}");
+        assert!(has("auth.single_use_link_secret: shorter than 16"), "{warns:?}");
         assert!(has("backend.internal_proxy_skip_tls_verify:"), "{warns:?}");
-        assert!(
-            has("instance_discovery.peer_endpoints.n2: plain http"),
-            "{warns:?}"
-        );
+        assert!(has("instance_discovery.peer_endpoints.n2: plain http"), "{warns:?}");
         assert!(has("dlm.type: local locks are per node"), "{warns:?}");
-        assert!(
-            has("metadata_store.type: sqlite is a single-node store"),
-            "{warns:?}"
-        );
+        assert!(has("metadata_store.type: sqlite is a single-node store"), "{warns:?}");
         for secret in [KEY_B, "short-internal", "short-link"] {
             assert!(!warns.iter().any(|w| w.contains(secret)), "{warns:?}");
         }

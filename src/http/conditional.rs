@@ -9,7 +9,10 @@ pub enum Plan {
     NotModified,
     Full,
     /// `206` with the inclusive byte range.
-    Partial { first: u64, last: u64 },
+    Partial {
+        first: u64,
+        last: u64,
+    },
     /// `416` with `Content-Range: bytes */size`.
     Unsatisfiable,
 }
@@ -50,7 +53,9 @@ pub fn plan(c: &Conditions, v: &Validators, size: u64) -> Plan {
             return Plan::NotModified;
         }
     }
-    let Some(range) = c.range else { return Plan::Full };
+    let Some(range) = c.range else {
+        return Plan::Full;
+    };
     if let Some(if_range) = c.if_range {
         let fresh = if if_range.trim_start().starts_with('"') || if_range.trim_start().starts_with("W/") {
             if_range.trim() == v.etag

@@ -343,7 +343,9 @@ impl Drop for RecordedBody {
 }
 
 /// `405` with the route's `Allow` header.
-pub fn method_not_allowed(allow: &'static str) -> impl Fn() -> Ready<Result<actix_web::HttpResponse, ApiError>> + Clone {
+pub fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn() -> Ready<Result<actix_web::HttpResponse, ApiError>> + Clone {
     move || ready(Err(ApiError::MethodNotAllowed(allow)))
 }
 

@@ -2,6 +2,7 @@
 
 pub mod conditional;
 pub mod extract;
+pub mod forward;
 pub mod handlers;
 pub mod middleware;
 pub mod routes;

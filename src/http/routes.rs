@@ -2,7 +2,7 @@
 
 use actix_web::web;
 
-use crate::http::handlers::{directories, files, system};
+use crate::http::handlers::{directories, files, internal, system};
 use crate::http::middleware::method_not_allowed;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -38,6 +38,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource(["/v1/directories", "/v1/directories/{tail:.*}"])
             .route(web::get().to(directories::list))
             .default_service(web::to(method_not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/v1/internal/localfs-move")
+            .route(web::post().to(internal::move_bytes))
+            .default_service(web::to(method_not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/internal/localfs/{tail:.*}")
+            .route(web::delete().to(internal::delete_bytes))
+            .default_service(web::to(method_not_allowed("DELETE"))),
     );
 }
 

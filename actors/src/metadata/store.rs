@@ -289,17 +289,12 @@ fn like_prefix(path: &str) -> String {
 /// owner and returns the id of the immediate parent.
 macro_rules! ensure_parents {
     ($c:ident, $entry:expr, $path:expr) => {{
-        let mut parent_id: i64 = inodes::table
-            .filter(inodes::path.eq("/"))
-            .select(inodes::id)
-            .first($c)?;
+        let mut parent_id: i64 = inodes::table.filter(inodes::path.eq("/")).select(inodes::id).first($c)?;
         for dir in ancestors_below_root($path) {
             let row = new_row($entry, parent_id, dir, true);
             diesel::insert_into(inodes::table).values(&row).on_conflict(inodes::path).do_nothing().execute($c)?;
-            let (id, kind): (i64, String) = inodes::table
-                .filter(inodes::path.eq(dir))
-                .select((inodes::id, inodes::kind))
-                .first($c)?;
+            let (id, kind): (i64, String) =
+                inodes::table.filter(inodes::path.eq(dir)).select((inodes::id, inodes::kind)).first($c)?;
             if kind != DIRECTORY {
                 return Err(ActorError::NotADirectory);
             }

@@ -300,6 +300,8 @@ impl Handler<RemoveDir> for LocalFsWorker {
 pub struct MovePath {
     pub from: String,
     pub to: String,
+    /// Replace a file or an empty directory at `to`; otherwise an existing `to` is `AlreadyExists`.
+    pub replace: bool,
 }
 
 impl Handler<MovePath> for LocalFsWorker {
@@ -312,9 +314,15 @@ impl Handler<MovePath> for LocalFsWorker {
         }
         let to_dir = to.parent().ok_or_else(|| ActorError::InvalidInput("no parent".into()))?;
         self.create_dirs(to_dir).map_err(|e| ActorError::from_io(&e))?;
-        if from.is_dir() && to.is_dir() {
-            // Overwriting an (empty) directory: rename(2) replaces it only when empty.
-            let _ = fs::remove_dir(&to);
+        if let Ok(existing) = fs::symlink_metadata(&to) {
+            let empty_dir = existing.is_dir() && fs::read_dir(&to).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !msg.replace && !empty_dir {
+                return Err(ActorError::AlreadyExists);
+            }
+            if existing.is_dir() && from.is_dir() {
+                // rename(2) replaces a directory only when it is empty; an orphan-holding one is set aside.
+                let _ = fs::remove_dir(&to);
+            }
         }
         fs::rename(&from, &to).map_err(|e| ActorError::from_io(&e))?;
         self.sync_dir(to_dir).map_err(|e| ActorError::from_io(&e))?;
@@ -340,10 +348,14 @@ impl Handler<SweepTempFiles> for LocalFsWorker {
 }
 
 fn sweep(dir: &Path, older_than: SystemTime) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
             removed += sweep(&entry.path(), older_than);
         } else if kind.is_file() && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
@@ -401,7 +413,9 @@ impl Stream for FileChunks {
             if this.remaining == 0 {
                 return Poll::Ready(None);
             }
-            let Some(mut file) = this.file.take() else { return Poll::Ready(None) };
+            let Some(mut file) = this.file.take() else {
+                return Poll::Ready(None);
+            };
             let want = this.remaining.min(IO_CHUNK as u64) as usize;
             let offset = this.offset.take();
             this.pending = Some(tokio::task::spawn_blocking(move || {
@@ -423,7 +437,9 @@ impl Stream for FileChunks {
                 (file, read)
             }));
         }
-        let Some(pending) = this.pending.as_mut() else { return Poll::Ready(None) };
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(pending).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(joined) => {

@@ -22,9 +22,11 @@ pub fn listing_options(query: &str) -> (bool, u32) {
         match key {
             "recursive" => recursive = value == "true",
             "max_depth" => {
-                max_depth = value.parse::<i64>().ok().filter(|d| *d >= 0).map_or(DEFAULT_MAX_DEPTH, |d| {
-                    d.min(i64::from(MAX_DEPTH_CAP)) as u32
-                })
+                max_depth = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|d| *d >= 0)
+                    .map_or(DEFAULT_MAX_DEPTH, |d| d.min(i64::from(MAX_DEPTH_CAP)) as u32)
             }
             _ => {}
         }
@@ -39,8 +41,11 @@ pub async fn list(req: HttpRequest, node: web::Data<Node>, _identity: Identity) 
         return Err(ApiError::BadRequest("the path is not a directory".into()));
     }
     let (recursive, max_depth) = listing_options(req.query_string());
-    let entries =
-        if recursive { files::list_tree(&node, &dir, max_depth).await? } else { files::list_children(&node, &dir).await? };
+    let entries = if recursive {
+        files::list_tree(&node, &dir, max_depth).await?
+    } else {
+        files::list_children(&node, &dir).await?
+    };
     let items: Vec<_> = entries.iter().map(item).collect();
     let mut body = json!({"path": dir.path, "type": "directory", "recursive": recursive});
     if recursive {

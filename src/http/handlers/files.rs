@@ -12,11 +12,13 @@ use serde_json::json;
 
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::files::{self, Content, MoveRequest, WriteMode, Written};
+use crate::files::{self, Content, MoveRequest, WriteMode, WritePlan, Written};
 use crate::http::conditional::{http_date, plan, Conditions, Plan, Validators};
 use crate::http::extract::{content_length, path_under};
+use crate::http::forward::{ensure_not_proxied, files_url, forward, Forward};
 use crate::node::Node;
 use crate::path::{parse_json_path, validate_segment};
+use callfs_actors::metrics::{BackendOp, CrossServerOp};
 
 const PREFIX: &str = "/v1/files";
 const PATCH_BODY_LIMIT: usize = 1024 * 1024;
@@ -60,7 +62,7 @@ fn metadata_headers(res: &mut HttpResponseBuilder, entry: &Inode) {
 }
 
 /// An empty body that still announces a length: HEAD responses carry the file's `Content-Length`.
-struct AnnouncedLength(u64);
+pub struct AnnouncedLength(pub u64);
 
 impl MessageBody for AnnouncedLength {
     type Error = std::convert::Infallible;
@@ -77,22 +79,44 @@ impl MessageBody for AnnouncedLength {
     }
 }
 
-fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-pub async fn get(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -> Result<HttpResponse, ApiError> {
+/// A forwarded call on behalf of the client (api.md §8, cluster.md §3).
+fn to_owner<'a>(
+    owner: String,
+    method: &'static str,
+    path: &crate::path::CanonicalPath,
+    identity: &'a Identity,
+    ops: (CrossServerOp, BackendOp),
+) -> Forward<'a> {
+    Forward {
+        peer: owner,
+        method,
+        path_and_query: files_url(path),
+        operation: ops.0,
+        backend_op: ops.1,
+        original_user: Some(identity),
+        payload: None,
+        json: None,
+    }
+}
+
+pub async fn get(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
     let parsed = path_under(&req, PREFIX)?;
     let entry = files::read_entry(&node, &parsed.path).await?;
+    if let files::Route::Peer(owner) = files::route(&node, &entry) {
+        ensure_not_proxied(&identity)?;
+        let ops = (CrossServerOp::ProxyRead, BackendOp::Open);
+        return forward(&req, &node, to_owner(owner, "GET", &parsed.path, &identity, ops)).await;
+    }
     let mut res = HttpResponse::Ok();
     metadata_headers(&mut res, &entry);
     if entry.is_dir() {
         let children = files::list_children(&node, &entry).await?;
         let items: Vec<_> = children.iter().map(item).collect();
         return Ok(res.body(serde_json::Value::Array(items).to_string()));
-    }
-    if let files::Route::Peer(owner) = files::route(&node, &entry) {
-        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
     }
     let conditions = Conditions {
         range: header_str(&req, header::RANGE),
@@ -115,8 +139,10 @@ pub async fn get(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -
     let download = files::open_range(&node, &entry, offset, len).await?;
     if partial {
         let last = offset + len.unwrap_or(0) - 1;
-        res.status(StatusCode::PARTIAL_CONTENT)
-            .insert_header((header::CONTENT_RANGE, format!("bytes {offset}-{}/{}", last.min(download.total.saturating_sub(1)), download.total)));
+        res.status(StatusCode::PARTIAL_CONTENT).insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {offset}-{}/{}", last.min(download.total.saturating_sub(1)), download.total),
+        ));
     }
     Ok(match download.content {
         Content::Inline(bytes) => res.body(bytes),
@@ -127,11 +153,13 @@ pub async fn get(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -
     })
 }
 
-pub async fn head(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -> Result<HttpResponse, ApiError> {
+pub async fn head(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
     let parsed = path_under(&req, PREFIX)?;
     let entry = files::read_entry(&node, &parsed.path).await?;
     if let files::Route::Peer(owner) = files::route(&node, &entry) {
-        return Err(ApiError::PeerUnavailable(format!("file is stored on node {owner}")));
+        ensure_not_proxied(&identity)?;
+        let ops = (CrossServerOp::ProxyHead, BackendOp::Stat);
+        return forward(&req, &node, to_owner(owner, "HEAD", &parsed.path, &identity, ops)).await;
     }
     let mut res = HttpResponse::Ok();
     metadata_headers(&mut res, &entry);
@@ -151,7 +179,11 @@ pub async fn post(
         return Ok(if created { HttpResponse::Created().finish() } else { HttpResponse::Ok().finish() });
     }
     let length = content_length(&req);
-    files::write_file(&node, &identity, &parsed.path, WriteMode::CreateOnly, payload, length).await?;
+    let plan = files::plan_write(&node, &identity, &parsed.path, WriteMode::CreateOnly, length).await?;
+    let WritePlan::Local(existing) = plan else {
+        return Err(ApiError::Internal("a create was routed to another node".into()));
+    };
+    files::write_file(&node, &identity, &parsed.path, WriteMode::CreateOnly, existing, payload).await?;
     Ok(HttpResponse::Created().finish())
 }
 
@@ -166,9 +198,17 @@ pub async fn put(
         return Err(ApiError::BadRequest("PUT needs a file path, not a directory".into()));
     }
     let length = content_length(&req);
-    let written =
-        files::write_file(&node, &identity, &parsed.path, WriteMode::CreateOrReplace, payload, length)
-            .await?;
+    let mode = WriteMode::CreateOrReplace;
+    let existing = match files::plan_write(&node, &identity, &parsed.path, mode, length).await? {
+        WritePlan::Local(existing) => existing,
+        WritePlan::Forward(owner) => {
+            ensure_not_proxied(&identity)?;
+            let ops = (CrossServerOp::ProxyWrite, BackendOp::Update);
+            let f = Forward { payload: Some(payload), ..to_owner(owner, "PUT", &parsed.path, &identity, ops) };
+            return forward(&req, &node, f).await;
+        }
+    };
+    let written = files::write_file(&node, &identity, &parsed.path, mode, existing, payload).await?;
     Ok(match written {
         Written::Created => HttpResponse::Created().finish(),
         Written::Replaced => HttpResponse::Ok().finish(),
@@ -177,7 +217,12 @@ pub async fn put(
 
 pub async fn delete(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
     let parsed = path_under(&req, PREFIX)?;
-    files::delete_entry(&node, &identity, &parsed.path).await?;
+    if let Err(owner) = files::plan_delete(&node, &identity, &parsed.path).await? {
+        ensure_not_proxied(&identity)?;
+        let ops = (CrossServerOp::ProxyDelete, BackendOp::Delete);
+        return forward(&req, &node, to_owner(owner, "DELETE", &parsed.path, &identity, ops)).await;
+    }
+    files::delete_entry(&node, &parsed.path).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -204,11 +249,29 @@ pub async fn patch(
     let body: PatchBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let request = move_request(&req, parsed.path, body)?;
-    let destination = files::move_entry(&node, &identity, request).await?;
+    if let Some(owner) = files::plan_move(&node, &identity, &request).await? {
+        ensure_not_proxied(&identity)?;
+        let body = json!({
+            "destination": request.destination.as_str(),
+            "overwrite": request.overwrite,
+            "create_parents": request.create_parents,
+        });
+        let ops = (CrossServerOp::ProxyMove, BackendOp::Move);
+        let f = Forward {
+            json: Some(Bytes::from(body.to_string())),
+            ..to_owner(owner, "PATCH", &request.source, &identity, ops)
+        };
+        return forward(&req, &node, f).await;
+    }
+    let destination = files::move_entry(&node, request).await?;
     Ok(HttpResponse::Ok().json(json!({"path": destination.as_str()})))
 }
 
-fn move_request(req: &HttpRequest, source: crate::path::CanonicalPath, body: PatchBody) -> Result<MoveRequest, ApiError> {
+fn move_request(
+    req: &HttpRequest,
+    source: crate::path::CanonicalPath,
+    body: PatchBody,
+) -> Result<MoveRequest, ApiError> {
     let name = body.name.filter(|n| !n.is_empty());
     let destination = body.destination.filter(|d| !d.is_empty());
     let (destination, is_rename) = match (name, destination) {

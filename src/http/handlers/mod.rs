@@ -1,3 +1,4 @@
 pub mod directories;
 pub mod files;
+pub mod internal;
 pub mod system;
