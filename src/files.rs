@@ -551,26 +551,35 @@ pub struct MoveRequest {
     pub instance: Option<String>,
 }
 
-/// PATCH checks on the receiving node (api.md §8.5 steps 4–5); `Some(node)` when another node executes it.
-pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> Result<Option<String>, ApiError> {
+/// Who executes a PATCH (cluster.md §5).
+#[derive(Debug, PartialEq, Eq)]
+pub enum MovePlan {
+    /// Rename/move in place on this node.
+    Local,
+    /// Copy the bytes to this node, then re-key (a change of `instance`).
+    Relocate,
+    /// Another node executes it.
+    Forward(String),
+}
+
+/// PATCH checks on the receiving node (api.md §8.5 steps 4–5) and the routing of cluster.md §5.
+pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> Result<MovePlan, ApiError> {
     let source = read_entry(node, &req.source).await?;
     check_delete(identity, &source)?;
     let dst_lineage = lineage(node, &req.destination).await?;
     check_write(identity, &dst_lineage)?;
     check_move_shape(node, req, &source)?;
-    Ok(match route(node, &source) {
-        Route::Peer(owner) => Some(owner),
-        Route::Local => None,
+    let target = req.instance.as_deref().filter(|i| source.callfs_instance_id.as_deref() != Some(*i));
+    Ok(match (target, route(node, &source)) {
+        (Some(t), _) if t != node.settings.instance_id => MovePlan::Forward(t.to_string()),
+        (Some(_), _) => MovePlan::Relocate,
+        (None, Route::Peer(owner)) => MovePlan::Forward(owner),
+        (None, Route::Local) => MovePlan::Local,
     })
 }
 
-/// PATCH rename/move within this node and backend (api.md §8.5 step 6).
-pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
-    let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
-    let source = read_entry(node, &req.source).await?;
-    if let Route::Peer(_) = route(node, &source) {
-        return Err(ApiError::PeerError("resource moved during the operation; retry".into()));
-    }
+/// Destination rules checked under the locks (api.md §8.5 step 6).
+async fn check_destination(node: &Node, req: &MoveRequest, source: &Inode) -> Result<(), ApiError> {
     let dst_lineage = lineage(node, &req.destination).await?;
     if dst_lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
@@ -578,7 +587,7 @@ pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, 
     if dst_lineage.parent().is_none() && !req.create_parents {
         return Err(ApiError::BadRequest("destination parent directory does not exist".into()));
     }
-    if let Some(existing) = &dst_lineage.target {
+    if let Some(existing) = dst_lineage.target.as_ref().filter(|e| e.id != source.id) {
         if !req.overwrite {
             return Err(ApiError::AlreadyExists("the destination already exists".into()));
         }
@@ -589,6 +598,162 @@ pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, 
             return Err(ApiError::DirectoryNotEmpty);
         }
     }
+    Ok(())
+}
+
+fn rename_message(
+    node: &Node,
+    req: &MoveRequest,
+    source: &Inode,
+    relocate_to: Option<(String, Option<String>)>,
+) -> RenameEntry {
+    RenameEntry {
+        source_path: req.source.as_str().into(),
+        destination_path: req.destination.as_str().into(),
+        overwrite: req.overwrite,
+        create_parents: req.create_parents,
+        parents: NewEntry {
+            path: req.destination.as_str().into(),
+            is_dir: true,
+            size: 0,
+            owner: source.owner.clone(),
+            backend_type: node.settings.default_backend.clone(),
+            instance_id: Some(node.settings.instance_id.clone()),
+        },
+        relocate_to,
+    }
+}
+
+/// Moves a file's bytes to this node (from its owner or local disk), then re-keys the row and
+/// removes the old bytes: bytes first, metadata second, the source untouched until the commit.
+pub async fn relocate_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+    let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
+    let source = read_entry(node, &req.source).await?;
+    check_destination(node, &req, &source).await?;
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+    let stage = node.disk_streaming(StageUpload {
+        path: req.destination.as_str().to_string(),
+        chunks: rx,
+        max_bytes: u64::MAX,
+    });
+    let (staged, fed) = tokio::join!(stage, feed_source(node, &source, tx));
+    let staged = match (staged, fed) {
+        (Ok(staged), Ok(())) => staged,
+        (staged, fed) => {
+            if let Ok(staged) = staged {
+                node.localfs.do_send(DiscardFile { path: staged.temp });
+            }
+            return Err(fed.err().unwrap_or(ApiError::Storage("relocation copy failed".into())));
+        }
+    };
+    let publish = PublishFile { temp: staged.temp.clone(), target: staged.target.clone() };
+    if let Err(err) = node.disk(publish).await {
+        node.localfs.do_send(DiscardFile { path: staged.temp });
+        return Err(err);
+    }
+    node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Create, true, started.elapsed());
+    let relocate_to = Some(("localfs".to_string(), Some(node.settings.instance_id.clone())));
+    if let Err(err) = node.meta(rename_message(node, &req, &source, relocate_to)).await {
+        node.localfs.do_send(DiscardFile { path: staged.target });
+        return Err(err);
+    }
+    remove_old_bytes(node, &source).await;
+    node.metrics.record_file_op(FileOp::Move, BackendLabel::Localfs);
+    Ok(req.destination)
+}
+
+/// Streams the source file's bytes into `tx`, from local disk or from the owning peer.
+async fn feed_source(node: &Node, source: &Inode, tx: mpsc::Sender<UploadChunk>) -> Result<(), ApiError> {
+    let path = crate::path::parse_json_path(&source.path)?.path;
+    match route(node, source) {
+        Route::Local => {
+            let download = open_range(node, source, 0, None).await?;
+            match download.content {
+                Content::Inline(bytes) => {
+                    tx.send(UploadChunk::Data(bytes)).await.map_err(|_| writer_gone())?;
+                }
+                Content::Stream(mut chunks) => {
+                    while let Some(chunk) = chunks.next().await {
+                        let chunk = chunk.map_err(|e| ApiError::Storage(e.to_string()))?;
+                        tx.send(UploadChunk::Data(chunk)).await.map_err(|_| writer_gone())?;
+                    }
+                }
+            }
+        }
+        Route::Peer(owner) => {
+            let message = callfs_actors::peer::ForwardRequest {
+                peer: owner.clone(),
+                method: "GET".into(),
+                path_and_query: crate::http::forward::files_url(&path),
+                headers: Vec::new(),
+                body: None,
+                operation: CrossServerOp::RelocateRead,
+                backend_op: BackendOp::Open,
+            };
+            let mut answer = node.peers.send(message).await??;
+            if answer.status != 200 {
+                return Err(ApiError::PeerError(format!(
+                    "node {owner} answered {} to a relocation read",
+                    answer.status
+                )));
+            }
+            while let Some(chunk) = answer.body.recv().await {
+                let chunk = chunk.map_err(ApiError::PeerError)?;
+                tx.send(UploadChunk::Data(chunk)).await.map_err(|_| writer_gone())?;
+            }
+        }
+    }
+    tx.send(UploadChunk::Finish).await.map_err(|_| writer_gone())
+}
+
+fn writer_gone() -> ApiError {
+    ApiError::Storage("the relocation writer stopped".into())
+}
+
+/// After a relocation: delete the old bytes where they were; a failure leaves counted orphans.
+async fn remove_old_bytes(node: &Node, source: &Inode) {
+    let removed = match route(node, source) {
+        Route::Local => node.disk(DeleteFile { path: source.path.clone() }).await,
+        Route::Peer(owner) => {
+            let url = crate::path::parse_json_path(&source.path)
+                .map(|p| crate::http::forward::files_url(&p.path).replacen("/v1/files", "/v1/internal/localfs", 1));
+            let status = match url {
+                Ok(url) => {
+                    crate::peers::internal_call(
+                        node,
+                        &owner,
+                        "DELETE",
+                        url,
+                        None,
+                        CrossServerOp::RemoteDelete,
+                        BackendOp::Delete,
+                    )
+                    .await
+                }
+                Err(err) => Err(err.into()),
+            };
+            match status {
+                Ok(204) => Ok(()),
+                Ok(other) => Err(ApiError::PeerError(format!("remote delete answered {other}"))),
+                Err(err) => Err(err),
+            }
+        }
+    };
+    if let Err(err) = removed {
+        log::warn!(backend = "localfs", key = source.path.as_str(), error = err.to_string().as_str(); "orphan bytes left after a failed cleanup");
+        node.metrics.record_error(ErrorKind::OrphanBytes);
+    }
+}
+
+/// PATCH rename/move within this node and backend (api.md §8.5 step 6).
+pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+    let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
+    let source = read_entry(node, &req.source).await?;
+    if let Route::Peer(_) = route(node, &source) {
+        return Err(ApiError::PeerError("resource moved during the operation; retry".into()));
+    }
+    check_destination(node, &req, &source).await?;
 
     let started = Instant::now();
     let moved = node
@@ -624,21 +789,7 @@ pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, 
     } else {
         Vec::new()
     };
-    let rename = RenameEntry {
-        source_path: req.source.as_str().into(),
-        destination_path: req.destination.as_str().into(),
-        overwrite: req.overwrite,
-        create_parents: req.create_parents,
-        parents: NewEntry {
-            path: req.destination.as_str().into(),
-            is_dir: true,
-            size: 0,
-            owner: source.owner.clone(),
-            backend_type: node.settings.default_backend.clone(),
-            instance_id: Some(node.settings.instance_id.clone()),
-        },
-        relocate_to: None,
-    };
+    let rename = rename_message(node, &req, &source, None);
     if let Err(err) = node.meta(rename).await {
         undo_remote_moves(node, &req, &remote_moved).await;
         if bytes_moved {
@@ -733,8 +884,8 @@ fn check_move_shape(node: &Node, req: &MoveRequest, source: &Inode) -> Result<()
     if source.is_dir() && (backend_change || instance_change) {
         return Err(ApiError::BadRequest("moving a directory to another backend or node is not supported".into()));
     }
-    if backend_change || instance_change {
-        return Err(ApiError::BadRequest("the target backend is not configured on this node".into()));
+    if backend_change {
+        return Err(ApiError::BadRequest("the s3 backend is not configured on this node".into()));
     }
     Ok(())
 }

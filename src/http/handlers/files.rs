@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::files::{self, Content, MoveRequest, WriteMode, WritePlan, Written};
+use crate::files::{self, Content, MovePlan, MoveRequest, WriteMode, WritePlan, Written};
 use crate::http::conditional::{http_date, plan, Conditions, Plan, Validators};
 use crate::http::extract::{content_length, path_under};
 use crate::http::forward::{ensure_not_proxied, files_url, forward, Forward};
@@ -249,13 +249,24 @@ pub async fn patch(
     let body: PatchBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let request = move_request(&req, parsed.path, body)?;
-    if let Some(owner) = files::plan_move(&node, &identity, &request).await? {
+    let owner = match files::plan_move(&node, &identity, &request).await? {
+        MovePlan::Local => None,
+        MovePlan::Relocate => {
+            let destination = files::relocate_entry(&node, request).await?;
+            return Ok(HttpResponse::Ok().json(json!({"path": destination.as_str()})));
+        }
+        MovePlan::Forward(owner) => Some(owner),
+    };
+    if let Some(owner) = owner {
         ensure_not_proxied(&identity)?;
-        let body = json!({
+        let mut body = json!({
             "destination": request.destination.as_str(),
             "overwrite": request.overwrite,
             "create_parents": request.create_parents,
         });
+        if let Some(instance) = &request.instance {
+            body["instance"] = json!(instance);
+        }
         let ops = (CrossServerOp::ProxyMove, BackendOp::Move);
         let f = Forward {
             json: Some(Bytes::from(body.to_string())),
