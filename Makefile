@@ -1,0 +1,55 @@
+# callfs developer entry points. Every recipe runs under bash with -eu -o pipefail: the first
+# failing command fails the target.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+.DELETE_ON_ERROR:
+
+CARGO ?= cargo
+PROMTOOL ?= promtool
+AMTOOL ?= amtool
+# extra arguments for the test binaries, e.g. make test TEST_ARGS='--nocapture'
+TEST_ARGS ?=
+
+.PHONY: build run lint test deps check-alerts check-alertmanager bench cluster cluster-down
+
+deps:
+	scripts/ensure-deps.sh
+
+build:
+	$(CARGO) build --release
+
+run: deps build
+	scripts/dev-config.sh
+	exec target/release/callfs server --config .dev/config.yaml
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Unit + black-box tests (PostgreSQL via scripts/with-postgres.sh; tests/monitoring.rs needs
+# prometheus), then the alert rules and the Alertmanager configuration.
+test: deps lint
+	scripts/with-postgres.sh $(CARGO) test --release --workspace -- --test-threads=2 $(TEST_ARGS)
+	$(MAKE) --no-print-directory check-alerts check-alertmanager
+
+check-alerts:
+	$(PROMTOOL) check rules cluster/alerts.yml
+	$(PROMTOOL) test rules cluster/alerts_test.yml
+	$(PROMTOOL) check config cluster/prometheus.yml
+
+check-alertmanager:
+	$(AMTOOL) check-config cluster/alertmanager.yml
+	$(AMTOOL) config routes test --config.file=cluster/alertmanager.yml --verify.receivers=pager \
+	  severity=critical alertname=CallFSServiceDown instance=127.0.0.1:8441
+	$(AMTOOL) config routes test --config.file=cluster/alertmanager.yml --verify.receivers=ticket \
+	  severity=warning alertname=CallFSHighLatency
+
+bench: build
+	bench/run.sh
+
+cluster: build
+	cluster/start.sh
+
+cluster-down:
+	cluster/stop.sh
