@@ -613,6 +613,11 @@ struct Cluster {
 impl Cluster {
     /// Three nodes on a fresh database; `None` when PostgreSQL tests are skipped.
     fn start() -> Option<Cluster> {
+        Cluster::start_with(|_, _| {})
+    }
+
+    /// Like `start`, with `tweak(node index, config)` applied to each node's configuration.
+    fn start_with(tweak: impl Fn(usize, &mut Value)) -> Option<Cluster> {
         let server_dsn = pg_server_dsn()?;
         let db_name = format!("callfs_cluster_{}", random_hex(8));
         psql(&server_dsn, &format!("CREATE DATABASE {db_name}"))
@@ -624,7 +629,8 @@ impl Cluster {
         for (i, id) in IDS.iter().enumerate() {
             let node_dir = dir.path().join(id);
             fs::create_dir_all(&node_dir).expect("node dir");
-            let config = node_config(dir.path(), i, &ports, json!({"type": "postgres", "dsn": dsn}));
+            let mut config = node_config(dir.path(), i, &ports, json!({"type": "postgres", "dsn": dsn}));
+            tweak(i, &mut config);
             let config_path = node_dir.join("config.yaml");
             fs::write(&config_path, to_yaml(&config)).expect("write config");
             nodes.push(NodeProc {
@@ -828,15 +834,40 @@ fn forwarding_read_write_delete() {
     assert_eq!(r.header("content-range"), Some("bytes 0-99/8192"));
     assert_eq!(r.body, small[..100].to_vec(), "ranged GET via N2");
 
-    // PUT via N2 → forwarded to the owner, which keeps the bytes and the instance id.
+    // A link generated on N1 is consumed through N3 (proxied read), once (api.md §15 Links).
+    let req = json!({"path": "/fwd/big.bin", "expiry_seconds": 600}).to_string();
+    let r =
+        c.call(0, "POST", "/v1/links/generate", ALICE, &[("Content-Type", "application/json")], Some(req.as_bytes()));
+    assert_status(&r, 201, "link generation on N1");
+    let token = r.json()["token"].as_str().unwrap_or_else(|| panic!("no token: {}", r.describe())).to_string();
+    let before = c.metrics(2);
+    let (r, sha, n) = c.get_hashed(2, &format!("/download/{token}"), NO_AUTH);
+    assert_status(&r, 200, "link download via N3");
+    assert_eq!((sha, n), (sha256_hex(&big), big.len() as u64), "link download via N3");
+    let after = c.metrics(2);
+    let read = [("operation", "proxy_read"), ("peer", "node-1"), ("status", "success")];
+    assert_delta(&before, &after, CROSS, &read, 1.0, "link download of an N1 file via N3");
+    assert_error(&c.get(1, &format!("/download/{token}"), NO_AUTH), 410, "LINK_USED", "second download via N2");
+
+    // PUT via N2 → forwarded to the owner, which keeps the bytes and the instance id. Only the
+    // executing node takes the path lock and counts the file operation (cluster.md §6,
+    // observability.md §1.2).
     let updated = random_bytes(12 * KIB + 7, 13);
-    let before = c.metrics(1);
+    let (before, owner_before) = (c.metrics(1), c.metrics(0));
     assert_status(&c.put(1, "/v1/files/fwd/small.bin", ALICE, &updated), 200, "PUT via N2");
-    let after = c.metrics(1);
+    let (after, owner_after) = (c.metrics(1), c.metrics(0));
     let w = [("operation", "proxy_write"), ("peer", "node-1"), ("status", "success")];
     assert_delta(&before, &after, CROSS, &w, 1.0, "PUT via N2");
     let upd = [("backend_type", "internalproxy"), ("operation", "update"), ("status", "success")];
     assert_delta(&before, &after, BACKEND, &upd, 1.0, "PUT via N2");
+    let acquire = [("operation", "acquire")];
+    assert_delta(&before, &after, "callfs_lock_operations_total", &acquire, 0.0, "the forwarding node takes no lock");
+    let acquired = [("operation", "acquire"), ("status", "success")];
+    assert_delta_at_least(&owner_before, &owner_after, "callfs_lock_operations_total", &acquired, 1.0, "owner locks");
+    let fop = [("operation", "update")];
+    assert_delta(&before, &after, "callfs_file_operations_total", &fop, 0.0, "forwarding node: no file op");
+    let fop = [("operation", "update"), ("backend_type", "localfs")];
+    assert_delta(&owner_before, &owner_after, "callfs_file_operations_total", &fop, 1.0, "owner: one update");
     for via in [0, 2] {
         let r = c.get(via, "/v1/files/fwd/small.bin", ALICE);
         assert_body(&r, &updated, &format!("GET after PUT via node {}", via + 1));
@@ -1280,6 +1311,57 @@ fn patch_rename_and_relocation() {
     let h = c.head(1, "/v1/files/p/moved/rel2.bin", ALICE);
     assert_eq!(h.header("x-callfs-instance-id"), Some("node-3"));
 
+    // Checks on the receiving node (api.md §8.5 step 5).
+    let r = c.patch(1, "/v1/files/p/x", ALICE, &json!({"name": "x9", "instance": "node-9"}));
+    assert_error(&r, 400, "BAD_REQUEST", "PATCH to an unknown instance");
+    let r = c.patch(1, "/v1/files/p/moved", ALICE, &json!({"name": "moved2", "instance": "node-2"}));
+    assert_error(&r, 400, "BAD_REQUEST", "PATCH of a directory with an instance change");
+
+    // Overwrite rules through a non-owner: N1's file onto N3's file, via N2.
+    let ow = b"overwriting source on node one".to_vec();
+    assert_status(&c.post(0, "/v1/files/p/ow-src.txt", ALICE, &ow), 201, "POST ow-src on N1");
+    assert_status(&c.post(2, "/v1/files/p/ow-dst.txt", ALICE, b"old destination"), 201, "POST ow-dst on N3");
+    let r = c.patch(1, "/v1/files/p/ow-src.txt", ALICE, &json!({"destination": "/p/ow-dst.txt"}));
+    assert_error(&r, 409, "FILE_ALREADY_EXISTS", "PATCH onto an existing destination without overwrite");
+    assert_body(&c.get(0, "/v1/files/p/ow-dst.txt", BOB), b"old destination", "destination untouched");
+    let r = c.patch(1, "/v1/files/p/ow-src.txt", ALICE, &json!({"destination": "/p/ow-dst.txt", "overwrite": true}));
+    assert_status(&r, 200, "PATCH with overwrite via N2");
+    for via in 0..3 {
+        assert_body(&c.get(via, "/v1/files/p/ow-dst.txt", BOB), &ow, "overwritten destination");
+        assert_status(&c.head(via, "/v1/files/p/ow-src.txt", BOB), 404, "source gone after the move");
+    }
+
+    // A directory holding bytes on all three nodes, moved through N2: every holder moves its
+    // physical subtree (remote_move), metadata is re-keyed (cluster.md §5 "Directory rename/move").
+    let parts: [(usize, &str, Vec<u8>); 3] = [
+        (0, "/tree/a.bin", random_bytes(3000, 51)),
+        (1, "/tree/sub/b.bin", random_bytes(4000, 52)),
+        (2, "/tree/c.bin", random_bytes(5000, 53)),
+    ];
+    for (node, path, body) in &parts {
+        assert_status(&c.post(*node, &format!("/v1/files{path}"), ALICE, body), 201, "POST tree file");
+    }
+    let before = c.metrics(1);
+    let r = c.patch(1, "/v1/files/tree", ALICE, &json!({"destination": "/moved-tree"}));
+    assert_status(&r, 200, "directory move via N2");
+    assert_eq!(r.json(), json!({"path": "/moved-tree"}));
+    let after = c.metrics(1);
+    for peer in ["node-1", "node-3"] {
+        let m = [("operation", "remote_move"), ("peer", peer), ("status", "success")];
+        assert_delta(&before, &after, CROSS, &m, 1.0, "directory move: one remote move per holding peer");
+    }
+    for (node, path, body) in &parts {
+        let new_path = path.replacen("/tree", "/moved-tree", 1);
+        for via in 0..3 {
+            assert_body(&c.get(via, &format!("/v1/files{new_path}"), BOB), body, "moved subtree file");
+            assert_status(&c.head(via, &format!("/v1/files{path}"), BOB), 404, "old subtree path");
+        }
+        let h = c.head(*node, &format!("/v1/files{new_path}"), BOB);
+        assert_eq!(h.header("x-callfs-instance-id"), Some(IDS[*node]), "{new_path} stays on its node");
+        assert_eq!(fs::read(c.disk(*node, &new_path)).ok().as_ref(), Some(body), "{new_path} on disk");
+        assert!(!c.disk(*node, path).exists(), "{path} moved away on disk");
+    }
+
     // node-1 dies: the relocated files are still served, through every live node.
     c.kill9(0);
     for via in [1, 2] {
@@ -1290,6 +1372,25 @@ fn patch_rename_and_relocation() {
     }
     // ...while the renamed one (still on node-1) is not.
     assert_error(&c.get(1, "/v1/files/p/x", BOB), 502, "PEER_UNAVAILABLE", "file on dead node-1");
+
+    // Moves that need the dead node fail with 502 and change nothing (cluster.md §5).
+    let r = c.patch(1, "/v1/files/p/x", ALICE, &json!({"name": "y"}));
+    assert_error(&r, 502, "PEER_UNAVAILABLE", "rename of a file on dead node-1");
+    let r = c.patch(1, "/v1/files/p/moved/rel2.bin", ALICE, &json!({"name": "rel2.bin", "instance": "node-1"}));
+    assert_error(&r, 502, "PEER_UNAVAILABLE", "relocation to dead node-1");
+    let r = c.patch(2, "/v1/files/moved-tree", ALICE, &json!({"destination": "/tree-again"}));
+    assert_error(&r, 502, "PEER_UNAVAILABLE", "directory move with a holder down");
+    let names = listing_names(&c.list(1, "/p", ALICE));
+    assert!(names.contains(&"x".to_string()) && !names.contains(&"y".to_string()), "/p after failed rename: {names:?}");
+    let h = c.head(2, "/v1/files/p/moved/rel2.bin", ALICE);
+    assert_eq!(h.header("x-callfs-instance-id"), Some("node-3"), "failed relocation leaves the source");
+    assert_body(&c.get(1, "/v1/files/p/moved/rel2.bin", BOB), &rel2, "source intact after a failed relocation");
+    assert_status(&c.head(1, "/v1/files/tree-again", ALICE), 404, "failed directory move");
+    for (node, path, body) in parts.iter().filter(|(n, _, _)| *n != 0) {
+        let new_path = path.replacen("/tree", "/moved-tree", 1);
+        assert_body(&c.get(3 - node, &format!("/v1/files{new_path}"), BOB), body, "subtree after a failed move");
+        assert!(c.disk(*node, &new_path).is_file(), "{new_path} back in place on node {}", node + 1);
+    }
 }
 
 /// kill -9 of N1: its files answer 502 PEER_UNAVAILABLE quickly, everything else keeps working,
@@ -1298,7 +1399,10 @@ fn patch_rename_and_relocation() {
 #[test]
 fn peer_failure_and_recovery() {
     let _guard = serial();
-    let Some(mut c) = Cluster::start() else { return };
+    // A short header timeout so that the PEER_TIMEOUT case below stays quick.
+    let Some(mut c) = Cluster::start_with(|_, cfg| cfg["backend"]["internal_proxy_timeout"] = json!("4s")) else {
+        return;
+    };
     let one = b"lives on node one".to_vec();
     let two = b"lives on node two".to_vec();
     assert_status(&c.post(0, "/v1/files/f/n1.txt", ALICE, &one), 201, "POST on N1");
@@ -1368,6 +1472,49 @@ fn peer_failure_and_recovery() {
     );
     assert_body(&c.get(1, "/v1/files/f/n1.txt", BOB), &one, "N1 file via N2 after restart");
     assert_body(&c.get(2, "/v1/files/f/n1.txt", BOB), &one, "failed PUT left the content");
+
+    // A peer that accepts connections but never answers: 504 PEER_TIMEOUT after
+    // backend.internal_proxy_timeout (4 s here), not a hang (cluster.md §4).
+    let three = b"lives on node three".to_vec();
+    assert_status(&c.post(2, "/v1/files/f/n3.txt", ALICE, &three), 201, "POST on N3");
+    let n3 = c.nodes[2].pid();
+    let before = c.metrics(1);
+    // SAFETY: kill(2) on our own child; SIGCONT follows below (and SIGKILL on drop works anyway).
+    unsafe {
+        libc::kill(n3 as libc::pid_t, libc::SIGSTOP);
+    }
+    let t = Instant::now();
+    let r = c.try_call(1, "GET", "/v1/files/f/n3.txt", ALICE, &[], None);
+    let took = t.elapsed();
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(n3 as libc::pid_t, libc::SIGCONT);
+    }
+    let r = r.unwrap_or_else(|e| panic!("GET of a file on a stalled peer: {e}"));
+    eprintln!("TIMING stalled-peer GET answered {} in {took:?}", r.status);
+    assert_error(&r, 504, "PEER_TIMEOUT", "GET via N2 of a file on a stalled N3");
+    assert!(
+        took >= Duration::from_millis(3500) && took < Duration::from_secs(15),
+        "PEER_TIMEOUT after {took:?}; internal_proxy_timeout is 4 s"
+    );
+    let after = c.metrics(1);
+    let f = [("operation", "proxy_read"), ("peer", "node-3"), ("status", "failure")];
+    assert_delta_at_least(&before, &after, CROSS, &f, 1.0, "stalled peer");
+    let e = [("component", "proxy"), ("error_type", "peer_timeout")];
+    assert_delta_at_least(&before, &after, "callfs_errors_total", &e, 1.0, "stalled peer");
+    assert_body(&c.get(1, "/v1/files/f/n3.txt", BOB), &three, "N3 file via N2 once N3 runs again");
+
+    // An instance id missing from peer_endpoints: 502 PEER_UNAVAILABLE, peer label `unknown`
+    // (cluster.md §2). The row is pointed at a node nobody knows directly in the shared database.
+    assert_status(&c.post(2, "/v1/files/f/ghost.txt", ALICE, b"ghost"), 201, "POST ghost on N3");
+    psql(&c.dsn, "UPDATE inodes SET callfs_instance_id = 'node-9' WHERE path = '/f/ghost.txt'")
+        .unwrap_or_else(|e| panic!("pointing /f/ghost.txt at node-9 (storage.md §1.1 columns): {e}"));
+    let before = c.metrics(0);
+    let r = c.get(0, "/v1/files/f/ghost.txt", ALICE);
+    assert_error(&r, 502, "PEER_UNAVAILABLE", "GET of a file on an unknown node");
+    let after = c.metrics(0);
+    let unknown = [("peer", "unknown"), ("status", "failure")];
+    assert_delta_at_least(&before, &after, CROSS, &unknown, 1.0, "unknown instance id");
 }
 
 /// The CallFSPeerUnreachable rule of cluster/alerts.yml fires for a peer down 5 minutes
@@ -1573,6 +1720,20 @@ fn internal_endpoints() {
     assert_status(&r, 204, "internal DELETE");
     assert!(!c.disk(0, "/ie/c.txt").exists(), "bytes removed");
     assert_status(&c.head(1, "/v1/files/ie/c.txt", ALICE), 200, "metadata untouched by a delete");
+
+    // One-hop rule (cluster.md §4): an internally proxied request for a file held by a third
+    // node is not forwarded again.
+    let n2 = b"held by node two".to_vec();
+    assert_status(&c.post(1, "/v1/files/ie/n2.txt", ALICE, &n2), 201, "POST on N2");
+    let before = c.metrics(0);
+    let hop = [("X-CallFS-Proxied-By", "node-3"), ("X-CallFS-Original-User", "alice")];
+    let r = c.call(0, "GET", "/v1/files/ie/n2.txt", INTERNAL, &hop, None);
+    assert_error(&r, 502, "PEER_ERROR", "second hop refused");
+    let after = c.metrics(0);
+    let fwd = [("operation", "proxy_read")];
+    assert_delta(&before, &after, CROSS, &fwd, 0.0, "a proxied request is never forwarded again");
+    let r = c.call(0, "GET", "/v1/files/ie/n2.txt", INTERNAL, &[("X-CallFS-Original-User", "alice")], None);
+    assert_body(&r, &n2, "internal secret without X-CallFS-Proxied-By is forwarded normally");
 
     // The internal secret acts as the original user when it is named (security.md §4).
     let r = c.call(0, "DELETE", "/v1/files/ie/a.txt", INTERNAL, &[("X-CallFS-Original-User", "bob")], None);
