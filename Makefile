@@ -30,7 +30,7 @@ lint:
 # Unit + black-box tests (PostgreSQL via scripts/with-postgres.sh; tests/monitoring.rs needs
 # prometheus), then the alert rules and the Alertmanager configuration.
 test: deps lint
-	scripts/with-postgres.sh $(CARGO) test --release --workspace -- --test-threads=2 $(TEST_ARGS)
+	scripts/with-postgres.sh $(CARGO) test --release --workspace --no-fail-fast -- --test-threads=2 $(TEST_ARGS)
 	$(MAKE) --no-print-directory check-alerts check-alertmanager
 
 check-alerts:

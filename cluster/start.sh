@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Usage: cluster/start.sh            (what `make cluster` runs; stop with cluster/stop.sh / `make cluster-down`)
+#        cluster/start.sh --node ID  (start one node again, e.g. after `kill -9` in a failover drill)
 #
 # Starts a local three-node callfs cluster on 127.0.0.1, everything in the background:
 #
@@ -28,6 +29,16 @@ pids=$state/pids
 HAPROXY_PORT=8440
 NODE_PORTS=(8441 8442 8443)   # must match the targets of cluster/prometheus.yml
 PROMETHEUS_PORT=9090
+
+only_node=""
+case ${1:-} in
+  "") ;;
+  --node)
+    [[ ${2:-} =~ ^node-[123]$ ]] || { echo "usage: $0 [--node node-1|node-2|node-3]" >&2; exit 2; }
+    only_node=$2
+    ;;
+  *) echo "usage: $0 [--node node-1|node-2|node-3]" >&2; exit 2 ;;
+esac
 
 say() { echo "cluster: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -84,6 +95,31 @@ dsn_with_db() {
   authority=${rest%%/*}
   echo "${scheme}://${authority}/${db}${query}"
 }
+
+# ------------------------------------------------------------------ one node only (--node)
+if [[ -n $only_node ]]; then
+  [[ -s $pids ]] || die "the cluster is not running (no .cluster/pids); start it with make cluster"
+  cfg=$state/$only_node.yaml
+  [[ -f $cfg ]] || die "$cfg is missing; start the whole cluster with make cluster"
+  old_pid=$(awk -v n="$only_node" '$1 == n { print $2 }' "$pids" | tail -n 1)
+  if pid_alive "$old_pid" && [[ $(readlink "/proc/$old_pid/exe" 2>/dev/null) == */callfs* ]]; then
+    die "$only_node is still running (pid $old_pid)"
+  fi
+  port=${NODE_PORTS[${only_node#node-} - 1]}
+  port_busy "$port" && die "127.0.0.1:$port is already in use"
+  bin=$root/target/release/callfs
+  [[ -x $bin ]] || die "target/release/callfs is missing; run make build"
+  nohup env -u CALLFS_CLUSTER_PG_DSN "$bin" server --config "$cfg" >>"$state/$only_node.log" 2>&1 </dev/null &
+  new_pid=$!
+  # replace the node's line in .cluster/pids so that cluster/stop.sh stops the new process
+  awk -v n="$only_node" '$1 != n' "$pids" >"$pids.tmp"
+  echo "$only_node $new_pid" >>"$pids.tmp"
+  mv "$pids.tmp" "$pids"
+  wait_http "$new_pid" "http://127.0.0.1:$port/health" "$only_node" "$state/$only_node.log" 30
+  wait_http "$new_pid" "http://127.0.0.1:$port/ready" "$only_node (/ready)" "$state/$only_node.log" 30
+  say "$only_node is up again on http://127.0.0.1:$port (pid $new_pid)"
+  exit 0
+fi
 
 # ------------------------------------------------------------------ refuse a second cluster
 mkdir -p "$state"
@@ -253,7 +289,8 @@ done
 node_pids=()
 for i in 0 1 2; do
   id=${node_ids[$i]}
-  nohup "$bin" server --config "$state/$id.yaml" >>"$state/$id.log" 2>&1 </dev/null &
+  # CALLFS_* variables of the caller override the file (config.md §1), except ours
+  nohup env -u CALLFS_CLUSTER_PG_DSN "$bin" server --config "$state/$id.yaml" >>"$state/$id.log" 2>&1 </dev/null &
   node_pids+=($!)
   record_pid "$id" "$!"
 done

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # cleanup/forward are reached through traps
 # Usage: scripts/with-postgres.sh CMD [ARGS...]
 #
 # Runs CMD with CALLFS_TEST_PG_DSN pointing at a PostgreSQL that answers.
@@ -25,6 +26,7 @@ fi
 expand_args() {
   local a
   args=()
+  # shellcheck disable=SC2016  # the literal text $CALLFS_TEST_PG_DSN is what gets replaced
   for a in "$@"; do
     a=${a//'${CALLFS_TEST_PG_DSN}'/$CALLFS_TEST_PG_DSN}
     a=${a//'$CALLFS_TEST_PG_DSN'/$CALLFS_TEST_PG_DSN}
@@ -46,7 +48,8 @@ fi
 
 # --- locate the server binaries (newest major version first) ---------------------------------
 bindir=""
-for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5 -rn); do
+mapfile -t candidates < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k5,5 -rn)
+for d in "${candidates[@]}"; do
   if [[ -x $d/initdb && -x $d/postgres ]]; then
     bindir=$d
     break
@@ -77,6 +80,7 @@ if [[ $(id -u) -eq 0 ]]; then
   if command -v runuser >/dev/null 2>&1; then
     as_pg=(runuser -u postgres --)
   else
+    # shellcheck disable=SC2016  # expanded by the inner sh
     as_pg=(su postgres -s /bin/sh -c '"$0" "$@"')
   fi
 fi

@@ -33,6 +33,11 @@ pub enum ApiError {
     FileNotFound,
     #[error("no route matches the request")]
     RouteNotFound,
+    #[error("unknown download link")]
+    LinkNotFound,
+    /// `410` with its specific code (`LINK_EXPIRED`, `LINK_USED`, `LINK_INVALID`).
+    #[error("{1}")]
+    LinkGone(&'static str, &'static str),
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
     #[error("request body stalled")]
@@ -80,6 +85,8 @@ impl ApiError {
             PermissionDenied(_) => "PERMISSION_DENIED",
             FileNotFound => "FILE_NOT_FOUND",
             RouteNotFound => "NOT_FOUND",
+            LinkNotFound => "LINK_NOT_FOUND",
+            LinkGone(code, _) => code,
             MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             RequestTimeout => "REQUEST_TIMEOUT",
             AlreadyExists(_) | CrossServerConflict(_) => "FILE_ALREADY_EXISTS",
@@ -119,7 +126,8 @@ impl ResponseError for ApiError {
             BadRequest(_) => StatusCode::BAD_REQUEST,
             AuthenticationFailed => StatusCode::UNAUTHORIZED,
             PermissionDenied(_) => StatusCode::FORBIDDEN,
-            FileNotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            FileNotFound | RouteNotFound | LinkNotFound => StatusCode::NOT_FOUND,
+            LinkGone(..) => StatusCode::GONE,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AlreadyExists(_) | CrossServerConflict(_) | NotADirectory | DirectoryNotEmpty | ResourceLocked => {

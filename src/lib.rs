@@ -7,6 +7,7 @@ pub mod correlation;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod links;
 pub mod logging;
 pub mod node;
 pub mod path;

@@ -31,6 +31,8 @@ pub struct Settings {
     pub metrics_require_auth: bool,
     pub peers: BTreeMap<String, String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Base of link URLs: scheme and authority, no trailing slash.
+    pub external_url: String,
 }
 
 pub struct Node {
@@ -43,6 +45,9 @@ pub struct Node {
     pub metrics_actor: Addr<MetricsActor>,
     pub keys: KeyRing,
     pub api_limiter: RateLimiter,
+    pub link_limiter: RateLimiter,
+    pub download_limiter: RateLimiter,
+    pub link_key: crate::links::LinkKey,
 }
 
 /// Sends `msg` and waits at most `timeout`; a timeout becomes `on_timeout`.

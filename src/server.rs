@@ -60,6 +60,7 @@ fn settings(config: &Config) -> Settings {
         metrics_require_auth: config.metrics.require_auth,
         peers: config.instance_discovery.peer_endpoints.clone(),
         trusted_proxies: parse_trusted(&config.server.trusted_proxies),
+        external_url: config.external_base_url(),
     }
 }
 
@@ -141,6 +142,22 @@ async fn serve(config: Config) -> Result<(), String> {
         metrics_actor,
         keys: KeyRing::new(config.identities(), &config.auth.internal_proxy_secret),
         api_limiter: RateLimiter::new(rate.api_per_second, rate.api_burst.max(0) as u32),
+        link_limiter: RateLimiter::new(rate.links_per_second, rate.links_burst.max(0) as u32),
+        download_limiter: RateLimiter::new(rate.downloads_per_second, rate.downloads_burst.max(0) as u32),
+        link_key: crate::links::LinkKey::new(&config.auth.single_use_link_secret),
+    });
+    // Used and expired links answer 410 for a day, then are purged (security.md §5).
+    let cleanup_node = node.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            every.tick().await;
+            let purge = callfs_actors::metadata::CleanupLinks { retention: Duration::from_secs(24 * 3600) };
+            if let Err(err) = cleanup_node.meta(purge).await {
+                log::error!(error = err.to_string().as_str(); "link cleanup failed");
+                cleanup_node.metrics.record_error(callfs_actors::metrics::ErrorKind::CleanupFailed);
+            }
+        }
     });
 
     let api_node = node.clone();

@@ -122,6 +122,14 @@ db_tests!(
     upload_limit_413,
     short_body_aborts_upload,
     chunked_uploads,
+    expect_100_continue,
+    header_size_limit_431,
+    read_timeout_is_inactivity_based,
+    concurrent_puts_serialize,
+    concurrent_posts_one_winner,
+    read_during_overwrite_sees_old_version,
+    symlink_escape_denied,
+    original_user_header_rules,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1936,4 +1944,309 @@ fn chunked_uploads(db: Db) {
     assert_eq!(r.status, 201, "chunk extension + trailer: {}", r.describe());
     assert_eq!(fetch(&n, "/ch-ext.txt"), b"hello world");
     wait_no_tmp(&n, "after chunked uploads");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expect, header limit, timeouts (api.md §8.3, §13)
+// ---------------------------------------------------------------------------------------------
+
+fn expect_100_continue(db: Db) {
+    let n = node(db);
+    let body = random_bytes(1000, 21);
+    let mut s = n.raw_open(
+        "POST",
+        "/v1/files/expect.bin",
+        ALICE_KEY,
+        &[("Content-Length", "1000"), ("Expect", "100-continue")],
+    );
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).expect("interim response to Expect");
+    assert!(line.starts_with("HTTP/1.1 100"), "Expect: 100-continue is honoured with 100 Continue, got {line:?}");
+    let mut blank = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut blank).unwrap();
+    s.write_all(&body).unwrap();
+    let resp = read_response(&mut reader, false).expect("final response");
+    assert_eq!(resp.status, 201, "POST after 100 Continue: {}", resp.describe());
+    assert_eq!(fetch(&n, "/expect.bin"), body);
+    // A conflict may be answered before the body is sent.
+    let s = n.raw_open(
+        "POST",
+        "/v1/files/expect.bin",
+        ALICE_KEY,
+        &[("Content-Length", "1000"), ("Expect", "100-continue")],
+    );
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    if first.starts_with("HTTP/1.1 100") {
+        let mut blank = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut blank).unwrap();
+        (&s).write_all(&body).unwrap();
+        let resp = read_response(&mut reader, false).unwrap();
+        assert_error(&resp, 409, "FILE_ALREADY_EXISTS", "conflict after 100");
+    } else {
+        assert!(first.starts_with("HTTP/1.1 409"), "final status before the body: {first:?}");
+    }
+    abort_stream(s);
+}
+
+fn header_size_limit_431(db: Db) {
+    let n = node(db);
+    let big = "a".repeat(40_000);
+    let r = raw_http(n.port, "GET", "/health", &[("X-Big", &big)], b"");
+    match r {
+        Ok(r) => assert_eq!(r.status, 431, "40 kB of headers over the 32768 default: {}", r.describe()),
+        Err(e) => panic!("expected a 431 response for oversized headers, connection failed: {e}"),
+    }
+    let r = n.get_h("/health", NO_AUTH, &[("X-Medium", &"b".repeat(16_000))]);
+    assert_eq!(r.status, 200, "16 kB of headers are within the default limit");
+    let small = Node::start(NodeOptions::new(db).set("server.max_header_bytes", json!(4096)));
+    let r = raw_http(small.port, "GET", "/health", &[("X-Big", &"c".repeat(5000))], b"").expect("431 response");
+    assert_eq!(r.status, 431, "max_header_bytes 4096: {}", r.describe());
+    let r = small.get_h("/health", NO_AUTH, &[("X-Ok", &"d".repeat(2000))]);
+    assert_eq!(r.status, 200, "2 kB of headers within 4096");
+    // The request is refused before anything is stored.
+    let r = raw_http(
+        small.port,
+        "POST",
+        "/v1/files/hdr.txt",
+        &[("Authorization", &format!("Bearer {ALICE_KEY}")), ("X-Big", &"e".repeat(5000))],
+        b"data",
+    )
+    .expect("431 response");
+    assert_eq!(r.status, 431);
+    assert_eq!(small.head("/v1/files/hdr.txt", ALICE_KEY).status, 404);
+}
+
+fn read_timeout_is_inactivity_based(db: Db) {
+    let n = Node::start(NodeOptions::new(db).set("server.read_timeout", json!("2s")));
+    // A stalled body: the request is aborted (408 if a response can still be written), nothing stored.
+    let mut s = n.raw_open("PUT", "/v1/files/stall.bin", ALICE_KEY, &[("Content-Length", "100000")]);
+    s.write_all(&[1u8; 10_000]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = std::time::Instant::now();
+    match read_response(&mut std::io::BufReader::new(&s), false) {
+        Ok(resp) => assert_error(&resp, 408, "REQUEST_TIMEOUT", "stalled body"),
+        Err(e) => assert!(
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+            "the server must give up on a stalled body after read_timeout (2 s), still waiting after 15 s"
+        ),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the timeout");
+    abort_stream(s);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(n.head("/v1/files/stall.bin", ALICE_KEY).status, 404, "nothing stored");
+    wait_no_tmp(&n, "stalled upload");
+    // Incomplete headers: the connection is closed after read_timeout.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = Vec::new();
+    let res = std::io::Read::read_to_end(&mut s, &mut buf);
+    assert!(
+        res.is_ok()
+            || !matches!(
+                res.as_ref().unwrap_err().kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        "connection with incomplete headers must be closed after read_timeout"
+    );
+    // A slow but steady upload longer than read_timeout in total succeeds.
+    let data = random_bytes(6 * 64 * KIB, 31);
+    let mut s = n.raw_open("PUT", "/v1/files/steady.bin", ALICE_KEY, &[("Content-Length", &data.len().to_string())]);
+    for c in data.chunks(64 * KIB) {
+        s.write_all(c).unwrap();
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let resp = read_response(&mut std::io::BufReader::new(&s), false).expect("response");
+    assert_eq!(resp.status, 201, "slow steady upload (~5.4 s total, read_timeout 2 s): {}", resp.describe());
+    assert_eq!(n.get("/v1/files/steady.bin", ALICE_KEY).sha256(), sha256_hex(&data));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency and read isolation (api.md §8.3, §8.4)
+// ---------------------------------------------------------------------------------------------
+
+fn concurrent_puts_serialize(db: Db) {
+    let n = node(db);
+    create(&n, "/race.bin", ALICE_KEY, b"initial");
+    let bodies: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(MIB + i * 1000, 100 + i as u64)).collect();
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let n = &n;
+                sc.spawn(move || n.put("/v1/files/race.bin", ALICE_KEY, b).status)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "concurrent PUTs onto an existing file: {statuses:?}");
+    let r = n.get("/v1/files/race.bin", ALICE_KEY);
+    let sha = r.sha256();
+    let winner = bodies.iter().position(|b| sha256_hex(b) == sha);
+    assert!(winner.is_some(), "final content is exactly one complete request body");
+    let w = winner.unwrap();
+    assert_eq!(
+        n.head("/v1/files/race.bin", ALICE_KEY).header("x-callfs-size"),
+        Some(bodies[w].len().to_string().as_str()),
+        "metadata size matches the surviving body"
+    );
+    let (id, ver) = etag_parts(n.head("/v1/files/race.bin", ALICE_KEY).header("etag").unwrap());
+    assert!(id > 0);
+    assert_eq!(ver, 9, "one content version per completed write (1 + 8)");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric_value(&n.metrics(), "callfs_active_locks", &[]), 0.0);
+    wait_no_tmp(&n, "after concurrent PUTs");
+}
+
+fn concurrent_posts_one_winner(db: Db) {
+    let n = node(db);
+    let bodies: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(256 * KIB, 200 + i)).collect();
+    let statuses: Vec<(u16, Resp)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let n = &n;
+                sc.spawn(move || {
+                    let r = n.post("/v1/files/dup/new.bin", ALICE_KEY, b);
+                    (r.status, r)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = statuses.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(
+        created,
+        1,
+        "exactly one concurrent creator wins: {:?}",
+        statuses.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    for (s, r) in &statuses {
+        if *s != 201 {
+            assert_error(r, 409, "FILE_ALREADY_EXISTS", "concurrent POST loser");
+        }
+    }
+    let sha = n.get("/v1/files/dup/new.bin", ALICE_KEY).sha256();
+    assert!(bodies.iter().any(|b| sha256_hex(b) == sha), "content is one complete body");
+    wait_no_tmp(&n, "after concurrent POSTs");
+    // Five concurrent POSTs of different files: 201 each.
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..5)
+            .map(|i| {
+                let n = &n;
+                sc.spawn(move || n.post(&format!("/v1/files/dup/f{i}.bin"), ALICE_KEY, &[i as u8; 1000]).status)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![201; 5]);
+    assert_eq!(n.list("/dup", ALICE_KEY)["count"], json!(6));
+}
+
+fn read_during_overwrite_sees_old_version(db: Db) {
+    let n = node(db);
+    let old = random_bytes(32 * MIB, 41);
+    let new = random_bytes(32 * MIB, 42);
+    create(&n, "/iso.bin", ALICE_KEY, &old);
+    let mut s = n.raw_open("GET", "/v1/files/iso.bin", ALICE_KEY, &[]);
+    let mut reader = std::io::BufReader::with_capacity(64 * KIB, s.try_clone().unwrap());
+    // Status line + headers.
+    let mut len = None;
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = Some(v.trim().parse::<usize>().unwrap());
+        }
+    }
+    assert_eq!(len, Some(old.len()));
+    let mut first = vec![0u8; 64 * KIB];
+    std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+    let put_status = std::thread::scope(|sc| {
+        let h = sc.spawn(|| n.put("/v1/files/iso.bin", ALICE_KEY, &new).status);
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut reader, (old.len() - first.len()) as u64), &mut rest)
+            .unwrap();
+        first.extend_from_slice(&rest);
+        h.join().unwrap()
+    });
+    assert_eq!(put_status, 200, "PUT during a running GET");
+    assert_eq!(first.len(), old.len());
+    assert!(first == old, "a GET that started before the replacement completes with the old content");
+    assert_eq!(n.get("/v1/files/iso.bin", ALICE_KEY).sha256(), sha256_hex(&new));
+    s.flush().ok();
+    abort_stream(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security extras (security.md §4, §8)
+// ---------------------------------------------------------------------------------------------
+
+fn symlink_escape_denied(db: Db) {
+    let n = node(db);
+    let outside = n.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("f.txt"), b"OUTSIDE SECRET").unwrap();
+    std::fs::write(outside.join("target.txt"), b"OUTSIDE TARGET").unwrap();
+    // A directory whose on-disk form is replaced by a symlink leading out of the root.
+    create(&n, "/symdir/f.txt", ALICE_KEY, b"inside");
+    let real = n.data_root.join("symdir");
+    std::fs::rename(&real, n.dir.path().join("symdir-moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &real).unwrap();
+    let r = n.get("/v1/files/symdir/f.txt", ALICE_KEY);
+    assert!(!r.text().contains("OUTSIDE"), "never serve bytes outside the root");
+    assert_error(&r, 403, "PERMISSION_DENIED", "GET through a symlink leading outside the root");
+    let r = n.put("/v1/files/symdir/f.txt", ALICE_KEY, b"overwritten");
+    assert_error(&r, 403, "PERMISSION_DENIED", "PUT through an escaping symlink");
+    let r = n.post("/v1/files/symdir/new.txt", ALICE_KEY, b"planted");
+    assert_error(&r, 403, "PERMISSION_DENIED", "POST through an escaping symlink");
+    assert_eq!(std::fs::read(outside.join("f.txt")).unwrap(), b"OUTSIDE SECRET");
+    assert!(!outside.join("new.txt").exists(), "nothing written outside the root");
+    // A file replaced by a symlink to an outside file.
+    create(&n, "/link.txt", ALICE_KEY, b"inside file");
+    let lf = n.data_root.join("link.txt");
+    std::fs::remove_file(&lf).unwrap();
+    std::os::unix::fs::symlink(outside.join("target.txt"), &lf).unwrap();
+    let r = n.get("/v1/files/link.txt", ALICE_KEY);
+    assert!(!r.text().contains("OUTSIDE"), "never serve bytes outside the root");
+    assert_error(&r, 403, "PERMISSION_DENIED", "GET of a file symlinked outside the root");
+    let _ = n.put("/v1/files/link.txt", ALICE_KEY, b"clobber");
+    assert_eq!(
+        std::fs::read(outside.join("target.txt")).unwrap(),
+        b"OUTSIDE TARGET",
+        "the outside file is never written"
+    );
+}
+
+fn original_user_header_rules(db: Db) {
+    let n = node(db);
+    create(&n, "/ou-alice.txt", ALICE_KEY, b"alice");
+    let ou = |u: &'static str| [("X-CallFS-Original-User", u)];
+    // Ordinary key: the header is ignored.
+    let r = n.request("PUT", "/v1/files/ou-alice.txt", BOB_KEY, &ou("alice"), Some(b"x"));
+    assert_error(&r, 403, "PERMISSION_DENIED", "bob claiming to be alice");
+    let r = n.request("POST", "/v1/files/ou-bob.txt", BOB_KEY, &ou("alice"), Some(b"b"));
+    assert_eq!(r.status, 201);
+    assert_eq!(n.head("/v1/files/ou-bob.txt", ALICE_KEY).header("x-callfs-owner"), Some("bob"));
+    // Internal secret + Original-User: runs as that user.
+    let r = n.request("PUT", "/v1/files/ou-alice.txt", INTERNAL_SECRET, &ou("bob"), Some(b"x"));
+    assert_error(&r, 403, "PERMISSION_DENIED", "internal secret on behalf of bob");
+    let r = n.request("POST", "/v1/files/ou-proxied.txt", INTERNAL_SECRET, &ou("bob"), Some(b"p"));
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        n.head("/v1/files/ou-proxied.txt", ALICE_KEY).header("x-callfs-owner"),
+        Some("bob"),
+        "entries created on behalf of a user are owned by that user"
+    );
+    assert_eq!(fetch(&n, "/ou-alice.txt"), b"alice");
 }

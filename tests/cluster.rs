@@ -386,11 +386,13 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_opt(text, name, labels).unwrap_or(0.0)
 }
 
+#[track_caller]
 fn assert_delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)], expected: f64, ctx: &str) {
     let d = metric(after, name, labels) - metric(before, name, labels);
     assert!((d - expected).abs() < 1e-9, "{ctx}: {name}{labels:?} should rise by exactly {expected}, rose by {d}");
 }
 
+#[track_caller]
 fn assert_delta_at_least(before: &str, after: &str, name: &str, labels: &[(&str, &str)], min: f64, ctx: &str) {
     let d = metric(after, name, labels) - metric(before, name, labels);
     assert!(d >= min, "{ctx}: {name}{labels:?} should rise by at least {min}, rose by {d}");
@@ -409,11 +411,13 @@ fn is_json(resp: &Resp) -> bool {
         .unwrap_or(false)
 }
 
+#[track_caller]
 fn assert_status(resp: &Resp, status: u16, ctx: &str) {
     assert_eq!(resp.status, status, "{ctx}: expected {status}, got {}", resp.describe());
 }
 
 /// api.md §6: status, JSON content type, body with exactly `code` and `message`.
+#[track_caller]
 fn assert_error(resp: &Resp, status: u16, code: &str, ctx: &str) {
     assert_status(resp, status, ctx);
     assert!(is_json(resp), "{ctx}: error Content-Type must be application/json, got {:?}", resp.header("content-type"));
@@ -428,6 +432,7 @@ fn assert_error(resp: &Resp, status: u16, code: &str, ctx: &str) {
     );
 }
 
+#[track_caller]
 fn assert_body(resp: &Resp, expected: &[u8], ctx: &str) {
     assert_status(resp, 200, ctx);
     assert_eq!(
@@ -834,21 +839,6 @@ fn forwarding_read_write_delete() {
     assert_eq!(r.header("content-range"), Some("bytes 0-99/8192"));
     assert_eq!(r.body, small[..100].to_vec(), "ranged GET via N2");
 
-    // A link generated on N1 is consumed through N3 (proxied read), once (api.md §15 Links).
-    let req = json!({"path": "/fwd/big.bin", "expiry_seconds": 600}).to_string();
-    let r =
-        c.call(0, "POST", "/v1/links/generate", ALICE, &[("Content-Type", "application/json")], Some(req.as_bytes()));
-    assert_status(&r, 201, "link generation on N1");
-    let token = r.json()["token"].as_str().unwrap_or_else(|| panic!("no token: {}", r.describe())).to_string();
-    let before = c.metrics(2);
-    let (r, sha, n) = c.get_hashed(2, &format!("/download/{token}"), NO_AUTH);
-    assert_status(&r, 200, "link download via N3");
-    assert_eq!((sha, n), (sha256_hex(&big), big.len() as u64), "link download via N3");
-    let after = c.metrics(2);
-    let read = [("operation", "proxy_read"), ("peer", "node-1"), ("status", "success")];
-    assert_delta(&before, &after, CROSS, &read, 1.0, "link download of an N1 file via N3");
-    assert_error(&c.get(1, &format!("/download/{token}"), NO_AUTH), 410, "LINK_USED", "second download via N2");
-
     // PUT via N2 → forwarded to the owner, which keeps the bytes and the instance id. Only the
     // executing node takes the path lock and counts the file operation (cluster.md §6,
     // observability.md §1.2).
@@ -898,6 +888,42 @@ fn forwarding_read_write_delete() {
     assert!(!c.disk(0, "/fwd/small.bin").exists(), "DELETE removes the bytes on the owner");
     let names = listing_names(&c.list(1, "/fwd", ALICE));
     assert_eq!(names, vec!["big.bin"], "listing after DELETE");
+}
+
+/// A single-use link generated on one node downloads through another, once; the consuming node
+/// proxies the bytes from the owner (api.md §10.2 and §15 Links, cluster.md §3).
+#[test]
+fn link_generated_on_one_node_downloads_through_another() {
+    let _guard = serial();
+    let Some(c) = Cluster::start() else { return };
+    let big = random_bytes(2 * MIB + 5, 14);
+    assert_status(&c.post(0, "/v1/files/fwd/big.bin", ALICE, &big), 201, "POST on N1");
+    let req = json!({"path": "/fwd/big.bin", "expiry_seconds": 600}).to_string();
+    let r =
+        c.call(0, "POST", "/v1/links/generate", ALICE, &[("Content-Type", "application/json")], Some(req.as_bytes()));
+    assert_status(&r, 201, "link generation on N1");
+    let token = r.json()["token"].as_str().unwrap_or_else(|| panic!("no token: {}", r.describe())).to_string();
+    let before = c.metrics(2);
+    let (r, sha, n) = c.get_hashed(2, &format!("/download/{token}"), NO_AUTH);
+    assert_status(&r, 200, "link download via N3");
+    assert_eq!((sha, n), (sha256_hex(&big), big.len() as u64), "link download via N3");
+    let after = c.metrics(2);
+    let read = [("operation", "proxy_read"), ("peer", "node-1"), ("status", "success")];
+    assert_delta(&before, &after, CROSS, &read, 1.0, "link download of an N1 file via N3");
+    assert_error(&c.get(1, &format!("/download/{token}"), NO_AUTH), 410, "LINK_USED", "second download via N2");
+
+    // A file on N2, link made through N3 (never forwarded), downloaded through N1.
+    assert_status(&c.post(1, "/v1/files/fwd/on-two.txt", BOB, b"two's bytes"), 201, "POST on N2");
+    let req = json!({"path": "/fwd/on-two.txt", "expiry_seconds": 60}).to_string();
+    let r =
+        c.call(2, "POST", "/v1/links/generate", ALICE, &[("Content-Type", "application/json")], Some(req.as_bytes()));
+    assert_status(&r, 201, "link generation on N3");
+    let token = r.json()["token"].as_str().unwrap_or_else(|| panic!("no token: {}", r.describe())).to_string();
+    let r = c.get(0, &format!("/download/{token}"), NO_AUTH);
+    assert_body(&r, b"two's bytes", "link download via N1 of an N2 file");
+    let cd = r.header("content-disposition").unwrap_or("");
+    assert!(cd.contains("on-two.txt"), "Content-Disposition names the file: {cd:?}");
+    assert_error(&c.get(2, &format!("/download/{token}"), NO_AUTH), 410, "LINK_USED", "second download via N3");
 }
 
 /// POST onto a path owned by another node → 409 cross-server body (api.md §8.3, cluster.md §7).

@@ -75,6 +75,8 @@ pub struct Forward<'a> {
     pub payload: Option<web::Payload>,
     /// A JSON body instead of the client's payload (PATCH).
     pub json: Option<Bytes>,
+    /// Copy the client's Range/conditional headers (not for link downloads).
+    pub client_headers: bool,
 }
 
 /// A request arriving through a peer is never forwarded again (the one-hop rule).
@@ -87,8 +89,8 @@ pub fn ensure_not_proxied(identity: &Identity) -> Result<(), ApiError> {
 
 pub async fn forward(req: &HttpRequest, node: &Node, f: Forward<'_>) -> Result<HttpResponse, ApiError> {
     let mut headers: Vec<(String, String)> = Vec::new();
-    for name in COPIED {
-        if let Some(value) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
+    for name in COPIED.iter().filter(|_| f.client_headers) {
+        if let Some(value) = req.headers().get(*name).and_then(|v| v.to_str().ok()) {
             headers.push((name.to_string(), value.to_string()));
         }
     }

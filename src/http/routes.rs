@@ -2,7 +2,7 @@
 
 use actix_web::web;
 
-use crate::http::handlers::{directories, files, internal, system};
+use crate::http::handlers::{directories, files, internal, links, system};
 use crate::http::middleware::method_not_allowed;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,6 +37,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource(["/v1/directories", "/v1/directories/{tail:.*}"])
             .route(web::get().to(directories::list))
+            .default_service(web::to(method_not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/v1/links/generate")
+            .route(web::post().to(links::generate))
+            .default_service(web::to(method_not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/download/{token}")
+            .route(web::get().to(links::download))
             .default_service(web::to(method_not_allowed("GET"))),
     )
     .service(

@@ -8,8 +8,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 pub use store::{
-    connect, sort_listing, CreateEntry, DeleteEntry, GetEntries, GetEntry, ListChildren, ListSubtree, MetadataStore,
-    NewEntry, Ping, RenameEntry, StoreKind, UpdateContent,
+    connect, sort_listing, CleanupLinks, ConsumeLink, CreateEntry, CreateLink, DeleteEntry, GetEntries, GetEntry,
+    GetLink, LinkRow, ListChildren, ListSubtree, MetadataStore, NewEntry, Ping, RenameEntry, StoreKind, UpdateContent,
 };
 
 pub const FILE: &str = "file";

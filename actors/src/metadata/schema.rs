@@ -24,3 +24,18 @@ diesel::table! {
         updated_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    single_use_links (id) {
+        id -> BigInt,
+        token -> Text,
+        file_path -> Text,
+        status -> Text,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        hmac_signature -> Text,
+        created_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}

@@ -8,7 +8,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::schema::inodes;
+use super::schema::{inodes, single_use_links};
 use super::{Inode, DIRECTORY, FILE};
 use crate::error::ActorError;
 use crate::metrics::{ErrorKind, MetadataOp, Metrics};
@@ -74,7 +74,8 @@ struct SqlitePragmas;
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; \
+            // busy_timeout first: switching to WAL needs the write lock, which another connection may hold.
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
              PRAGMA case_sensitive_like = ON;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
@@ -615,6 +616,137 @@ impl MetadataStore {
                 }
                 Ok::<_, ActorError>(moved)
             })
+        })
+    }
+}
+
+/// One row of `single_use_links`.
+#[derive(Queryable, Selectable, Debug, Clone)]
+#[diesel(table_name = single_use_links)]
+pub struct LinkRow {
+    pub token: String,
+    pub file_path: String,
+    pub status: String,
+    pub expires_at: NaiveDateTime,
+    pub hmac_signature: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = single_use_links)]
+struct NewLink<'a> {
+    token: &'a str,
+    file_path: &'a str,
+    status: &'a str,
+    expires_at: NaiveDateTime,
+    hmac_signature: &'a str,
+    created_by: &'a str,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+/// Store a freshly generated link (`active`).
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct CreateLink {
+    pub token: String,
+    pub file_path: String,
+    pub expires_at: NaiveDateTime,
+    pub signature: String,
+    pub created_by: String,
+}
+
+impl Handler<CreateLink> for MetadataStore {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: CreateLink, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::LinkCreate, |conn| {
+            let t = now();
+            let row = NewLink {
+                token: &msg.token,
+                file_path: &msg.file_path,
+                status: "active",
+                expires_at: msg.expires_at,
+                hmac_signature: &msg.signature,
+                created_by: &msg.created_by,
+                created_at: t,
+                updated_at: t,
+            };
+            with_conn!(conn, c => diesel::insert_into(single_use_links::table).values(&row).execute(c))?;
+            Ok(())
+        })
+    }
+}
+
+/// The link row of an exact token string.
+#[derive(Message)]
+#[rtype(result = "Result<Option<LinkRow>, ActorError>")]
+pub struct GetLink {
+    pub token: String,
+}
+
+impl Handler<GetLink> for MetadataStore {
+    type Result = Result<Option<LinkRow>, ActorError>;
+    fn handle(&mut self, msg: GetLink, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::LinkGet, |conn| {
+            Ok(with_conn!(conn, c => single_use_links::table
+                .filter(single_use_links::token.eq(&msg.token))
+                .select(LinkRow::as_select())
+                .first(c)
+                .optional())?)
+        })
+    }
+}
+
+/// The single compare-and-set that lets exactly one download through; `true` for the winner.
+#[derive(Message)]
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct ConsumeLink {
+    pub token: String,
+    pub client_ip: String,
+}
+
+impl Handler<ConsumeLink> for MetadataStore {
+    type Result = Result<bool, ActorError>;
+    fn handle(&mut self, msg: ConsumeLink, _ctx: &mut Self::Context) -> Self::Result {
+        let is_pg = matches!(self.pool, Pool::Pg(_));
+        self.run(MetadataOp::LinkConsume, |conn| {
+            let sql = if is_pg {
+                "UPDATE single_use_links SET status = 'used', used_at = $1, used_by_ip = $2::inet, updated_at = $1 \
+                 WHERE token = $3 AND status = 'active' AND expires_at > $1"
+            } else {
+                "UPDATE single_use_links SET status = 'used', used_at = ?1, used_by_ip = ?2, updated_at = ?1 \
+                 WHERE token = ?3 AND status = 'active' AND expires_at > ?1"
+            };
+            let t = now();
+            let updated = with_conn!(conn, c => diesel::sql_query(sql)
+                .bind::<diesel::sql_types::Timestamp, _>(t)
+                .bind::<diesel::sql_types::Text, _>(&msg.client_ip)
+                .bind::<diesel::sql_types::Text, _>(&msg.token)
+                .execute(c))?;
+            Ok(updated == 1)
+        })
+    }
+}
+
+/// Purge links expired or used more than `retention` ago; returns how many went.
+#[derive(Message)]
+#[rtype(result = "Result<usize, ActorError>")]
+pub struct CleanupLinks {
+    pub retention: Duration,
+}
+
+impl Handler<CleanupLinks> for MetadataStore {
+    type Result = Result<usize, ActorError>;
+    fn handle(&mut self, msg: CleanupLinks, _ctx: &mut Self::Context) -> Self::Result {
+        let cutoff = now() - chrono::Duration::from_std(msg.retention).unwrap_or_default();
+        self.run(MetadataOp::LinkCleanup, |conn| {
+            Ok(with_conn!(conn, c => diesel::delete(
+                single_use_links::table.filter(
+                    single_use_links::expires_at
+                        .lt(cutoff)
+                        .or(single_use_links::used_at.lt(cutoff)),
+                ),
+            )
+            .execute(c))?)
         })
     }
 }

@@ -100,6 +100,7 @@ fn to_owner<'a>(
         original_user: Some(identity),
         payload: None,
         json: None,
+        client_headers: true,
     }
 }
 

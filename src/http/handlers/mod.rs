@@ -1,4 +1,5 @@
 pub mod directories;
 pub mod files;
 pub mod internal;
+pub mod links;
 pub mod system;
