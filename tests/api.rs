@@ -1488,13 +1488,21 @@ fn method_not_allowed_and_unknown_routes(db: Db) {
     assert!(allow.contains("GET") && !allow.contains("POST"), "Allow {allow:?}");
     let r = n.request("DELETE", "/v1/directories/", ALICE_KEY, &[], None);
     assert_error(&r, 405, "METHOD_NOT_ALLOWED", "DELETE /v1/directories/");
-    // /v1/links/generate is not served yet (single-use links are a later issue).
+    let r = n.request("GET", "/v1/links/generate", ALICE_KEY, &[], None);
+    assert_error(&r, 405, "METHOD_NOT_ALLOWED", "GET /v1/links/generate");
+    assert!(allow_set(&r).contains("POST"));
     for (m, p) in [("PUT", "/health"), ("POST", "/metrics"), ("DELETE", "/ready"), ("OPTIONS", "/health")] {
         let r = n.request(m, p, NO_AUTH, &[], if m == "PUT" || m == "POST" { Some(b"") } else { None });
         assert_error(&r, 405, "METHOD_NOT_ALLOWED", &format!("{m} {p}"));
         let allow = allow_set(&r);
         assert!(allow.contains("GET") && allow.contains("HEAD"), "{m} {p}: Allow {allow:?}");
     }
+    // HEAD must never consume a token.
+    let r = n.head("/download/AAAAAAAAAAAAAAAAAAAAAAAA.BBBB", NO_AUTH);
+    assert_eq!(r.status, 405, "HEAD /download/{{token}}");
+    // Unknown download token.
+    let r = n.get("/download/AAAAAAAAAAAAAAAAAAAAAAAA.BBBB", NO_AUTH);
+    assert_error(&r, 404, "LINK_NOT_FOUND", "unknown token");
     // Unknown routes.
     assert_error(&n.get("/nope", NO_AUTH), 404, "NOT_FOUND", "GET /nope");
     assert_error(&n.get("/v2/files/x", NO_AUTH), 404, "NOT_FOUND", "GET /v2/files/x");
