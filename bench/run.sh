@@ -23,7 +23,7 @@
 # `head -c` size), BENCH_LARGE_REPEAT (3), BENCH_SKIP_NOFSYNC (set to 1 to skip step 6),
 # BENCH_MIN_REQUESTS (requests callfs must have served before the /metrics scrape, 100000),
 # BENCH_QUIET_WAIT (seconds to wait before starting until other processes use <= 10% of the CPU,
-# 180), BENCH_ATTEMPTS (tries per step when other processes disturbed it, 3; see measure()),
+# 600), BENCH_ATTEMPTS (tries per step when other processes disturbed it, 3; see measure()),
 # BENCH_TMPDIR (parent of the temp dir, default $TMPDIR or /tmp; needs ~4x BENCH_LARGE_SIZE free).
 set -euo pipefail
 
@@ -38,7 +38,7 @@ PUT_PATHS=${BENCH_PUT_PATHS:-8}
 LARGE_SIZE=${BENCH_LARGE_SIZE:-1G}
 LARGE_REPEAT=${BENCH_LARGE_REPEAT:-3}
 SKIP_NOFSYNC=${BENCH_SKIP_NOFSYNC:-0}
-QUIET_WAIT=${BENCH_QUIET_WAIT:-180}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-600}
 ATTEMPTS=${BENCH_ATTEMPTS:-3}
 DISTURB_MAX=10
 RESULTS=${BENCH_RESULTS:-$here/results.md}
@@ -109,6 +109,8 @@ tmp=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/callfs-bench.XXXXXX")
 chmod 0755 "$tmp" # nginx workers may run as nobody (below)
 # A private copy, so a concurrent `cargo build` cannot swap the binary mid-run.
 cp "$CALLFS_BIN" "$tmp/callfs"
+bin_info="$(date -u -r "$CALLFS_BIN" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$tmp/callfs" | cut -c1-12)"
+if head_rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then bin_info+=", tree at $head_rev"; fi
 cd "$tmp"
 
 used_ports=" "
@@ -344,7 +346,7 @@ measure() {
     ((share <= DISTURB_MAX)) && break
     if ((attempt < ATTEMPTS)); then
       log "$label was disturbed; attempt $((attempt + 1))/$ATTEMPTS after waiting for quiet"
-      wait_quiet 60
+      wait_quiet 30
     fi
   done
   measured=$best_out
@@ -515,6 +517,7 @@ size_label=$LARGE_SIZE
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, kernel $(uname -r);" \
     "$("$NGINX" -v 2>&1 | sed 's/.*version: //'), $(wrk --version 2>&1 | head -n 1 | awk '{print $1, $2}')," \
     "$(curl --version | head -n 1 | awk '{print $1, $2}')."
+  echo "callfs binary: built $bin_info."
   echo "wrk -t$THREADS -c$CONNS -d$DURATION (GET: one file; PUT: $PUT_PATHS rotating paths, 4096-byte body)." \
     "callfs: sqlite + localfs, log level error, localfs_fsync: true unless marked."
   echo "Large transfers: callfs PUT then nginx WebDAV PUT, $LARGE_REPEAT rounds, then GET of the same file on disk;" \

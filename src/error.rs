@@ -58,6 +58,8 @@ pub enum ApiError {
     RangeNotSatisfiable(u64),
     #[error("Rate limit exceeded")]
     RateLimited(u64),
+    #[error("request line and headers exceed the configured limit")]
+    HeaderTooLarge,
     #[error("internal error: {0}")]
     Internal(String),
     #[error("storage error: {0}")]
@@ -96,6 +98,7 @@ impl ApiError {
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             RangeNotSatisfiable(_) => "RANGE_NOT_SATISFIABLE",
             RateLimited(_) => "RATE_LIMIT_EXCEEDED",
+            HeaderTooLarge => "REQUEST_HEADER_TOO_LARGE",
             Internal(_) => "INTERNAL_ERROR",
             Storage(_) => "STORAGE_ERROR",
             PeerUnavailable(_) => "PEER_UNAVAILABLE",
@@ -136,6 +139,7 @@ impl ResponseError for ApiError {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Internal(_) | Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             PeerUnavailable(_) | PeerError(_) => StatusCode::BAD_GATEWAY,
             PeerTimeout => StatusCode::GATEWAY_TIMEOUT,

@@ -23,6 +23,7 @@ use crate::rate_limit::RateLimiter;
 pub struct Settings {
     pub instance_id: String,
     pub max_upload_bytes: u64,
+    pub max_header_bytes: u64,
     pub read_timeout: Duration,
     pub file_op_timeout: Duration,
     pub metadata_op_timeout: Duration,
@@ -40,6 +41,8 @@ pub struct Node {
     pub metadata: Addr<MetadataStore>,
     pub localfs: Addr<LocalFsWorker>,
     pub locks: Addr<LockTable>,
+    /// The PostgreSQL lease table, with `dlm.type: postgres`.
+    pub lease_store: Option<Addr<callfs_actors::locks::LeaseStore>>,
     pub peers: Addr<PeerProxy>,
     pub metrics: Metrics,
     pub metrics_actor: Addr<MetricsActor>,

@@ -52,6 +52,7 @@ fn settings(config: &Config) -> Settings {
     Settings {
         instance_id: config.instance_discovery.instance_id.clone(),
         max_upload_bytes: config.server.max_upload_bytes,
+        max_header_bytes: config.server.max_header_bytes,
         read_timeout: config.server.read_timeout,
         file_op_timeout: config.server.file_op_timeout,
         metadata_op_timeout: config.server.metadata_op_timeout,
@@ -90,6 +91,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let store_metrics = metrics.clone();
     let metadata = SyncArbiter::start(threads, move || MetadataStore::new(pool.clone(), store_metrics.clone()));
 
+    let mut lease_store = None;
     let locks = match config.dlm.kind.as_str() {
         "postgres" => {
             let dsn = config.dlm_dsn();
@@ -99,6 +101,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("lock manager: {e}"))?;
             let store = SyncArbiter::start(4, move || LeaseStore::new(pool.clone()));
+            lease_store = Some(store.clone());
             let leases = Leases { store, instance_id: instance_id.clone(), ttl: config.dlm.lease_ttl };
             LockTable::with_leases(metrics.clone(), leases).start()
         }
@@ -137,6 +140,7 @@ async fn serve(config: Config) -> Result<(), String> {
         metadata,
         localfs,
         locks,
+        lease_store,
         peers,
         metrics,
         metrics_actor,

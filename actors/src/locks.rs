@@ -358,6 +358,20 @@ impl Handler<RenewLease> for LeaseStore {
     }
 }
 
+/// The lease table answers (readiness).
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct PingLeases;
+
+impl Handler<PingLeases> for LeaseStore {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, _msg: PingLeases, _ctx: &mut Self::Context) -> Self::Result {
+        let mut conn = self.conn()?;
+        diesel::sql_query("SELECT 1 FROM callfs_locks LIMIT 1").execute(&mut conn)?;
+        Ok(())
+    }
+}
+
 /// Delete a lease if still ours.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -153,8 +153,18 @@ where
     }
 }
 
+/// Bytes of the request line and headers as sent (`server.max_header_bytes`).
+fn head_size(req: &ServiceRequest) -> u64 {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (line + headers) as u64
+}
+
 /// Rate limit and authentication, before routing (api.md §3 stages 3–4).
 fn admit(req: &ServiceRequest, node: &Node, route: RouteLabel) -> Result<Option<Identity>, ApiError> {
+    if head_size(req) > node.settings.max_header_bytes {
+        return Err(ApiError::HeaderTooLarge);
+    }
     let path = req.path();
     let guard = guard_of(path, route, node.settings.metrics_require_auth);
     if matches!(guard, Guard::None) {

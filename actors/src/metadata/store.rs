@@ -342,7 +342,14 @@ impl Handler<Ping> for MetadataStore {
     type Result = Result<(), ActorError>;
     fn handle(&mut self, _msg: Ping, _ctx: &mut Self::Context) -> Self::Result {
         self.run(MetadataOp::Ping, |conn| {
-            with_conn!(conn, c => diesel::sql_query("SELECT 1").execute(c))?;
+            let pending = match conn {
+                Conn::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
+                Conn::Pg(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
+            }
+            .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
+            if pending {
+                return Err(ActorError::MetadataUnavailable("migrations are not applied".into()));
+            }
             Ok(())
         })
     }

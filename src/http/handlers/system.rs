@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use callfs_actors::locks::PingLeases;
 use callfs_actors::metadata::Ping;
 use callfs_actors::metrics::{RenderMetrics, CONTENT_TYPE};
 use callfs_actors::storage::localfs::CheckRoot;
@@ -32,9 +33,23 @@ pub async fn ready(node: web::Data<Node>) -> HttpResponse {
     let localfs = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
         node.localfs.send(CheckRoot).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
     });
-    let (metadata, localfs) = tokio::join!(metadata, localfs);
+    let locks = async {
+        match &node.lease_store {
+            Some(store) => Some(
+                tokio::time::timeout(READY_CHECK_TIMEOUT, async {
+                    store.send(PingLeases).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+                })
+                .await,
+            ),
+            None => None,
+        }
+    };
+    let (metadata, localfs, locks) = tokio::join!(metadata, localfs, locks);
     let mut checks = Map::new();
     checks.insert("metadata_store".into(), Value::String(verdict(metadata)));
+    if let Some(locks) = locks {
+        checks.insert("locks".into(), Value::String(verdict(locks)));
+    }
     checks.insert("localfs".into(), Value::String(verdict(localfs)));
     let ok = checks.values().all(|v| v == "ok");
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
