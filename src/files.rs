@@ -266,6 +266,10 @@ async fn stage_and_commit(
             return Err(err);
         }
     };
+    if let Err(err) = lock.verify().await {
+        node.localfs.do_send(DiscardFile { path: staged.temp });
+        return Err(err.into());
+    }
     let outcome = commit_under_lock(node, identity, path, mode, existing, &staged).await;
     drop(lock);
     outcome
@@ -627,7 +631,7 @@ fn rename_message(
 /// Moves a file's bytes to this node (from its owner or local disk), then re-keys the row and
 /// removes the old bytes: bytes first, metadata second, the source untouched until the commit.
 pub async fn relocate_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
-    let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
+    let locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
     let source = read_entry(node, &req.source).await?;
     check_destination(node, &req, &source).await?;
     let started = Instant::now();
@@ -654,6 +658,15 @@ pub async fn relocate_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPa
     }
     node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Create, true, started.elapsed());
     let relocate_to = Some(("localfs".to_string(), Some(node.settings.instance_id.clone())));
+    // The copy may have outlived a lease: never commit without it.
+    let verified = match &locks {
+        (first, Some(second)) => first.verify().await.and(second.verify().await),
+        (first, None) => first.verify().await,
+    };
+    if let Err(err) = verified {
+        node.localfs.do_send(DiscardFile { path: staged.target });
+        return Err(err.into());
+    }
     if let Err(err) = node.meta(rename_message(node, &req, &source, relocate_to)).await {
         node.localfs.do_send(DiscardFile { path: staged.target });
         return Err(err);

@@ -139,6 +139,12 @@ impl LockGuard {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// Confirms the lock (and its lease) is still held, right before committing under it.
+    pub async fn verify(&self) -> Result<(), ActorError> {
+        let check = VerifyLock { key: self.key.clone(), token: self.token };
+        self.table.send(check).await.map_err(|e| ActorError::Internal(e.to_string()))?
+    }
 }
 
 impl Drop for LockGuard {
@@ -358,6 +364,28 @@ impl Handler<RenewLease> for LeaseStore {
     }
 }
 
+/// Is the lease still held by `holder` and unexpired (database clock)?
+#[derive(Message)]
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct CheckLease {
+    pub key: String,
+    pub holder: String,
+}
+
+impl Handler<CheckLease> for LeaseStore {
+    type Result = Result<bool, ActorError>;
+    fn handle(&mut self, msg: CheckLease, _ctx: &mut Self::Context) -> Self::Result {
+        let mut conn = self.conn()?;
+        let rows: Vec<HolderRow> = diesel::sql_query(
+            "SELECT holder FROM callfs_locks WHERE lock_key = $1 AND holder = $2 AND expires_at > now()",
+        )
+        .bind::<Text, _>(&msg.key)
+        .bind::<Text, _>(&msg.holder)
+        .load(&mut conn)?;
+        Ok(!rows.is_empty())
+    }
+}
+
 /// The lease table answers (readiness).
 #[derive(Message)]
 #[rtype(result = "Result<(), ActorError>")]
@@ -405,6 +433,42 @@ impl Handler<RefreshGauges> for LockTable {
 
     fn handle(&mut self, _msg: RefreshGauges, _ctx: &mut Self::Context) {
         self.publish_gauges();
+    }
+}
+
+/// Before a commit: is this guard's lock (and its database lease, if any) still ours?
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct VerifyLock {
+    pub key: String,
+    pub token: u64,
+}
+
+impl Handler<VerifyLock> for LockTable {
+    type Result = ResponseFuture<Result<(), ActorError>>;
+
+    fn handle(&mut self, msg: VerifyLock, _ctx: &mut Self::Context) -> Self::Result {
+        let held = self.held.get(&msg.key).filter(|h| h.token == msg.token);
+        let lease = match (held, &self.leases) {
+            (None, _) => return Box::pin(async { Err(ActorError::LeaseLost) }),
+            (Some(held), Some(leases)) => held.lease_holder.clone().map(|holder| (leases.store.clone(), holder)),
+            (Some(_), None) => None,
+        };
+        let metrics = self.metrics.clone();
+        let key = msg.key;
+        Box::pin(async move {
+            let Some((store, holder)) = lease else { return Ok(()) };
+            let valid = store.send(CheckLease { key: key.clone(), holder: holder.clone() }).await;
+            match valid {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Err(err)) => Err(err),
+                _ => {
+                    metrics.record_error(ErrorKind::LeaseLost);
+                    log::error!(key = key.as_str(), holder = holder.as_str(); "lock lease lost");
+                    Err(ActorError::LeaseLost)
+                }
+            }
+        })
     }
 }
 
