@@ -240,7 +240,7 @@ async fn stage_and_commit(
     payload: Payload,
 ) -> Result<Written, ApiError> {
     let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-    let stage = node.disk_streaming(StageUpload {
+    let stage = node.stage_upload(StageUpload {
         path: path.as_str().to_string(),
         chunks: rx,
         max_bytes: node.settings.max_upload_bytes,
@@ -636,11 +636,8 @@ pub async fn relocate_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPa
     check_destination(node, &req, &source).await?;
     let started = Instant::now();
     let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-    let stage = node.disk_streaming(StageUpload {
-        path: req.destination.as_str().to_string(),
-        chunks: rx,
-        max_bytes: u64::MAX,
-    });
+    let stage =
+        node.stage_upload(StageUpload { path: req.destination.as_str().to_string(), chunks: rx, max_bytes: u64::MAX });
     let (staged, fed) = tokio::join!(stage, feed_source(node, &source, tx));
     let staged = match (staged, fed) {
         (Ok(staged), Ok(())) => staged,

@@ -19,8 +19,10 @@ use crate::node::{Node, Settings};
 use crate::rate_limit::{parse_trusted, RateLimiter};
 use crate::tls;
 
-/// Threads doing blocking disk I/O; an upload occupies one while its body streams in.
-const LOCALFS_THREADS: usize = 64;
+/// Threads for short blocking disk calls (open, rename, delete, mkdir).
+const LOCALFS_THREADS: usize = 16;
+/// Threads writing upload bodies; each concurrent upload holds one while its body streams in.
+const UPLOAD_THREADS: usize = 128;
 
 pub fn run(config_path: Option<&Path>) -> i32 {
     let loaded = match config::load(config_path) {
@@ -114,7 +116,9 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("localfs root: {e}"))?;
     let fsync = config.backend.localfs_fsync;
+    let upload_root = root.clone();
     let localfs = SyncArbiter::start(LOCALFS_THREADS, move || LocalFsWorker::new(root.clone(), fsync));
+    let uploads = SyncArbiter::start(UPLOAD_THREADS, move || LocalFsWorker::new(upload_root.clone(), fsync));
     // Leftovers of uploads cut short by a crash; runs in the background, readiness does not wait.
     localfs.do_send(SweepTempFiles { older_than: started_at });
 
@@ -139,6 +143,7 @@ async fn serve(config: Config) -> Result<(), String> {
         settings: settings(&config),
         metadata,
         localfs,
+        uploads,
         locks,
         lease_store,
         peers,
