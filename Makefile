@@ -30,8 +30,12 @@ lint:
 # Unit + black-box tests (PostgreSQL via scripts/with-postgres.sh; tests/monitoring.rs needs
 # prometheus), then the alert rules and the Alertmanager configuration.
 test: deps lint
-	scripts/with-postgres.sh $(CARGO) test --release --workspace --no-fail-fast -- --test-threads=2 $(TEST_ARGS)
+	mkdir -p target
+	scripts/with-postgres.sh $(CARGO) test --release --workspace --no-fail-fast -- --test-threads=2 $(TEST_ARGS) \
+	  2>&1 | tee target/test-output.log
 	$(MAKE) --no-print-directory check-alerts check-alertmanager
+	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
+	  END { printf "%d passed, %d failed\n", p, f }' target/test-output.log
 
 check-alerts:
 	$(PROMTOOL) check rules cluster/alerts.yml
