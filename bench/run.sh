@@ -16,7 +16,9 @@
 # CPU processes outside this run (and the hypervisor's steal) took; a disturbed step is repeated
 # (measure()), and the share is reported next to the table so a skewed figure is visible.
 # Prints a markdown table and writes it to bench/results.md (override with BENCH_RESULTS).
-# Every process it starts is stopped by pid and the temp dir removed on exit.
+# Every process it starts is stopped by pid and the temp dir removed on exit (Ctrl-C stops the
+# whole foreground group at once; a TERM sent to this script alone takes effect when the current
+# step's client returns, at most BENCH_DURATION + 30 s or curl's 600 s limit).
 #
 # Knobs (environment): CALLFS_BIN (default target/release/callfs), BENCH_DURATION (10s),
 # BENCH_THREADS (2), BENCH_CONNECTIONS (32), BENCH_PUT_PATHS (8), BENCH_LARGE_SIZE (1G, a
@@ -110,7 +112,9 @@ chmod 0755 "$tmp" # nginx workers may run as nobody (below)
 # A private copy, so a concurrent `cargo build` cannot swap the binary mid-run.
 cp "$CALLFS_BIN" "$tmp/callfs"
 bin_info="$(date -u -r "$CALLFS_BIN" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$tmp/callfs" | cut -c1-12)"
-if head_rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then bin_info+=", tree at $head_rev"; fi
+if head_rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
+  bin_info+=" (repository HEAD at run time: $head_rev)"
+fi
 cd "$tmp"
 
 used_ports=" "

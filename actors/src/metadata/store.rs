@@ -294,12 +294,12 @@ fn like_prefix(path: &str) -> String {
 /// owner and returns the id of the immediate parent.
 macro_rules! ensure_parents {
     ($c:ident, $entry:expr, $path:expr) => {{
-        let mut parent_id: i64 = inodes::table.filter(inodes::path.eq("/")).select(inodes::id).first($c)?;
+        let mut parent_id: i64 = inodes::table.filter(inodes::path.eq("/")).select(inodes::id).get_result($c)?;
         for dir in ancestors_below_root($path) {
             let row = new_row($entry, parent_id, dir, true);
             diesel::insert_into(inodes::table).values(&row).on_conflict(inodes::path).do_nothing().execute($c)?;
             let (id, kind): (i64, String) =
-                inodes::table.filter(inodes::path.eq(dir)).select((inodes::id, inodes::kind)).first($c)?;
+                inodes::table.filter(inodes::path.eq(dir)).select((inodes::id, inodes::kind)).get_result($c)?;
             if kind != DIRECTORY {
                 return Err(ActorError::NotADirectory);
             }
@@ -373,7 +373,7 @@ impl Handler<GetEntry> for MetadataStore {
             Ok(with_conn!(conn, c => inodes::table
                 .filter(inodes::path.eq(&msg.path))
                 .select(Inode::as_select())
-                .first(c)
+                .get_result(c)
                 .optional())?)
         })
     }
@@ -559,19 +559,19 @@ impl MetadataStore {
                 let source: Inode = inodes::table
                     .filter(inodes::path.eq(&msg.source_path))
                     .select(Inode::as_select())
-                    .first(c)
+                    .get_result(c)
                     .optional()?
                     .ok_or(ActorError::NotFound)?;
                 let (parent_path, name) = parent_and_name(&msg.destination_path);
                 let existing: Option<Inode> = inodes::table
                     .filter(inodes::path.eq(&msg.destination_path))
                     .select(Inode::as_select())
-                    .first(c)
+                    .get_result(c)
                     .optional()?;
                 let parent: Option<Inode> = inodes::table
                     .filter(inodes::path.eq(parent_path))
                     .select(Inode::as_select())
-                    .first(c)
+                    .get_result(c)
                     .optional()?;
                 let parent_id = match parent {
                     Some(p) if p.is_dir() => p.id,
@@ -701,7 +701,7 @@ impl Handler<GetLink> for MetadataStore {
             Ok(with_conn!(conn, c => single_use_links::table
                 .filter(single_use_links::token.eq(&msg.token))
                 .select(LinkRow::as_select())
-                .first(c)
+                .get_result(c)
                 .optional())?)
         })
     }
@@ -791,7 +791,7 @@ mod tests {
 
     fn get(s: &MetadataStore, path: &str) -> Option<Inode> {
         s.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => inodes::table.filter(inodes::path.eq(path)).select(Inode::as_select()).first(c).optional())?)
+            Ok(with_conn!(conn, c => inodes::table.filter(inodes::path.eq(path)).select(Inode::as_select()).get_result(c).optional())?)
         })
         .unwrap()
     }
