@@ -41,6 +41,11 @@ pub fn run(config_path: Option<&Path>) -> i32 {
         log::warn!(key = key, warning = warning.as_str(); "configuration warning");
     }
     let config = loaded.config;
+    if std::env::var_os("BENCH_DISABLE_METRICS").is_some_and(|v| v == "1") {
+        // Only for `make bench`'s on/off comparison; /metrics then shows no request counts.
+        callfs_actors::metrics::set_recording(false);
+        log::warn!(variable = "BENCH_DISABLE_METRICS"; "metrics recording is off");
+    }
     match actix_web::rt::System::new().block_on(serve(config)) {
         Ok(()) => 0,
         Err(err) => {

@@ -4,7 +4,7 @@
 //! [`MetricsActor`] owns the registry, the computed gauges and rendering.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,17 @@ fn default_histogram() -> Histogram {
 
 fn fast_histogram() -> Histogram {
     Histogram::new(FAST_BUCKETS)
+}
+
+/// Recording switch, on by default. Only the benchmark turns it off, to measure what recording costs.
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -364,11 +375,17 @@ impl Metrics {
     }
 
     pub fn record_http(&self, method: MethodLabel, path: RouteLabel, status_code: u16, elapsed: Duration) {
+        if !recording() {
+            return;
+        }
         self.http_requests.get_or_create(&HttpLabels { method, path, status_code }).inc();
         self.http_duration.get_or_create(&HttpRouteLabels { method, path }).observe(elapsed.as_secs_f64());
     }
 
     pub fn record_backend(&self, backend_type: BackendLabel, operation: BackendOp, ok: bool, elapsed: Duration) {
+        if !recording() {
+            return;
+        }
         self.backend_ops.get_or_create(&BackendLabels { backend_type, operation, status: Outcome::of(ok) }).inc();
         self.backend_duration
             .get_or_create(&BackendDurationLabels { backend_type, operation })
@@ -376,17 +393,26 @@ impl Metrics {
     }
 
     pub fn record_metadata(&self, operation: MetadataOp, elapsed: Duration) {
+        if !recording() {
+            return;
+        }
         let labels = MetadataLabels { operation };
         self.metadata_queries.get_or_create(&labels).inc();
         self.metadata_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     pub fn record_lock(&self, operation: LockOp, ok: bool, elapsed: Duration) {
+        if !recording() {
+            return;
+        }
         self.lock_ops.get_or_create(&LockLabels { operation, status: Outcome::of(ok) }).inc();
         self.lock_duration.get_or_create(&LockDurationLabels { operation }).observe(elapsed.as_secs_f64());
     }
 
     pub fn record_cross_server(&self, operation: CrossServerOp, peer: &str, ok: bool, elapsed: Option<Duration>) {
+        if !recording() {
+            return;
+        }
         self.cross_server_ops
             .get_or_create(&CrossServerLabels { operation, peer: peer.to_string(), status: Outcome::of(ok) })
             .inc();
@@ -398,10 +424,16 @@ impl Metrics {
     }
 
     pub fn record_file_op(&self, operation: FileOp, backend_type: BackendLabel) {
+        if !recording() {
+            return;
+        }
         self.file_ops.get_or_create(&FileOpLabels { operation, backend_type }).inc();
     }
 
     pub fn record_error(&self, kind: ErrorKind) {
+        if !recording() {
+            return;
+        }
         self.errors.get_or_create(&ErrorLabels { component: kind.component(), error_type: kind }).inc();
     }
 
