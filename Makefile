@@ -11,7 +11,7 @@ AMTOOL ?= amtool
 # extra arguments for the test binaries, e.g. make test TEST_ARGS='--nocapture'
 TEST_ARGS ?=
 
-.PHONY: build run lint test deps check-alerts check-alertmanager bench cluster cluster-down
+.PHONY: build run lint test deps check-alerts check-alertmanager bench bench-proxy cluster cluster-down
 
 deps:
 	scripts/ensure-deps.sh
@@ -51,6 +51,9 @@ check-alertmanager:
 
 bench: build
 	bench/run.sh
+
+bench-proxy: build
+	scripts/with-postgres.sh bench/proxy.sh
 
 cluster: build
 	cluster/start.sh

@@ -18,6 +18,10 @@ use crate::auth::KeyRing;
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
 
+/// The calling worker thread's own peer proxy (request forwarding stays on the thread).
+#[derive(Clone)]
+pub struct LocalPeerProxy(pub Addr<PeerProxy>);
+
 /// Limits and switches taken from the configuration once at start.
 #[derive(Debug, Clone)]
 pub struct Settings {

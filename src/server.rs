@@ -15,7 +15,7 @@ use crate::auth::KeyRing;
 use crate::config::{self, Config};
 use crate::http::middleware::{not_found, Pipeline};
 use crate::http::routes;
-use crate::node::{Node, Settings};
+use crate::node::{LocalPeerProxy, Node, Settings};
 use crate::rate_limit::{parse_trusted, RateLimiter};
 use crate::tls;
 
@@ -137,7 +137,10 @@ async fn serve(config: Config) -> Result<(), String> {
         probe_interval: config.instance_discovery.health_probe_interval,
         skip_tls_verify: config.backend.internal_proxy_skip_tls_verify,
         ca_file: Some(config.backend.internal_proxy_ca_file.clone()),
+        probes: true,
     };
+    let worker_peer_settings = PeerSettings { probes: false, ..peer_settings.clone() };
+    let worker_metrics = metrics.clone();
     // The HTTP client is bound to its thread: the proxy gets an arbiter of its own.
     let proxy_metrics = metrics.clone();
     let proxy_arbiter = Arbiter::new();
@@ -176,8 +179,11 @@ async fn serve(config: Config) -> Result<(), String> {
 
     let api_node = node.clone();
     let server = HttpServer::new(move || {
+        // Runs on each worker thread: its own peer proxy, reached without leaving the thread.
+        let local_proxy = PeerProxy::new(worker_peer_settings.clone(), worker_metrics.clone()).start();
         App::new()
             .app_data(api_node.clone())
+            .app_data(LocalPeerProxy(local_proxy))
             .wrap(Pipeline)
             .configure(routes::configure)
             .default_service(web::to(not_found))

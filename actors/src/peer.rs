@@ -2,8 +2,9 @@
 //! through bounded channels, so neither side is ever held whole in memory. It also probes every
 //! peer's `/health` for `callfs_peer_up`.
 //!
-//! HTTP client objects are not `Send`, so this actor lives on its own arbiter and speaks to the
-//! handlers only through `Send` messages and channels.
+//! HTTP client objects are not `Send`, so each HTTP worker thread runs its own proxy (a local
+//! mailbox, no thread hop on the hot path), and one more on its own arbiter runs the probes and the
+//! node-to-node calls of background work. They speak only through `Send` messages and channels.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -34,6 +35,8 @@ pub struct PeerSettings {
     /// Wait for response headers; also body inactivity.
     pub timeout: Duration,
     pub probe_interval: Duration,
+    /// Whether this instance runs the `/health` probes (exactly one per node does).
+    pub probes: bool,
     pub skip_tls_verify: bool,
     pub ca_file: Option<String>,
 }
@@ -95,8 +98,10 @@ impl Actor for PeerProxy {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.probe_all(ctx);
-        ctx.run_interval(self.settings.probe_interval, |act, ctx| act.probe_all(ctx));
+        if self.settings.probes {
+            self.probe_all(ctx);
+            ctx.run_interval(self.settings.probe_interval, |act, ctx| act.probe_all(ctx));
+        }
     }
 }
 

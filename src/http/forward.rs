@@ -138,7 +138,11 @@ pub async fn forward(req: &HttpRequest, node: &Node, f: Forward<'_>) -> Result<H
         backend_op: f.backend_op,
     };
     let inactivity = node.settings.read_timeout;
-    let send = node.peers.send(message);
+    let proxy = match req.app_data::<crate::node::LocalPeerProxy>() {
+        Some(local) => local.0.clone(),
+        None => node.peers.clone(),
+    };
+    let send = proxy.send(message);
     let answer = match pump {
         Some((payload, tx)) => {
             let (answer, _) = tokio::join!(send, pump_payload(payload, tx, inactivity));
