@@ -38,5 +38,8 @@ pub async fn internal_call(
     };
     let mut answer = node.peers.send(message).await??;
     while answer.body.recv().await.is_some() {}
+    if answer.status == 401 || answer.status == 403 {
+        return Err(ApiError::PeerError(format!("node {peer} rejected the internal proxy secret")));
+    }
     Ok(answer.status)
 }

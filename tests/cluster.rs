@@ -1837,3 +1837,21 @@ fn own_instance_id_in_peers_is_refused() {
         "a node with its own id in peer_endpoints must exit non-zero, got {status}; log:\n{log}"
     );
 }
+
+#[test]
+fn mismatched_internal_secret_is_a_clear_peer_error() {
+    let _guard = serial();
+    // Node 2 was deployed with another internal secret: its peers' forwarded calls are refused.
+    let Some(c) = Cluster::start_with(|i, cfg| {
+        if i == 1 {
+            cfg["auth"]["internal_proxy_secret"] = json!("a-different-internal-secret-42");
+        }
+    }) else {
+        return;
+    };
+    assert_status(&c.post(1, "/v1/files/wrong-secret.txt", ALICE, b"on node two"), 201, "POST on N2");
+    let r = c.get(0, "/v1/files/wrong-secret.txt", ALICE);
+    assert_error(&r, 502, "PEER_ERROR", "GET via N1 of a file on the misconfigured N2");
+    assert!(r.text().contains("internal proxy secret"), "the message names the cause: {}", r.text());
+    assert_body(&c.get(1, "/v1/files/wrong-secret.txt", ALICE), b"on node two", "N2 still serves its own file");
+}

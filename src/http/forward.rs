@@ -151,6 +151,12 @@ pub async fn forward(req: &HttpRequest, node: &Node, f: Forward<'_>) -> Result<H
         None => send.await,
     };
     let answer = answer??;
+    if answer.status == 401 {
+        // The client passed our authentication; only the shared secret can fail on the peer.
+        return Err(ApiError::PeerError(
+            "a peer rejected the internal proxy secret (check auth.internal_proxy_secret)".into(),
+        ));
+    }
     Ok(relay(answer, f.method == "HEAD"))
 }
 
