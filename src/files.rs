@@ -725,34 +725,22 @@ fn writer_gone() -> ApiError {
 async fn remove_old_bytes(node: &Node, source: &Inode) {
     let removed = match route(node, source) {
         Route::Local => node.disk(DeleteFile { path: source.path.clone() }).await,
-        Route::Peer(owner) => {
-            let url = crate::path::parse_json_path(&source.path)
-                .map(|p| crate::http::forward::files_url(&p.path).replacen("/v1/files", "/v1/internal/localfs", 1));
-            let status = match url {
-                Ok(url) => {
-                    crate::peers::internal_call(
-                        node,
-                        &owner,
-                        "DELETE",
-                        url,
-                        None,
-                        CrossServerOp::RemoteDelete,
-                        BackendOp::Delete,
-                    )
-                    .await
-                }
-                Err(err) => Err(err.into()),
-            };
-            match status {
-                Ok(204) => Ok(()),
-                Ok(other) => Err(ApiError::PeerError(format!("remote delete answered {other}"))),
-                Err(err) => Err(err),
-            }
-        }
+        Route::Peer(owner) => remote_delete(node, &owner, &source.path).await,
     };
     if let Err(err) = removed {
         log::warn!(backend = "localfs", key = source.path.as_str(), error = err.to_string().as_str(); "orphan bytes left after a failed cleanup");
         node.metrics.record_error(ErrorKind::OrphanBytes);
+    }
+}
+
+/// `DELETE {peer}/v1/internal/localfs/{path}`: the owner removes bytes whose row has moved on.
+async fn remote_delete(node: &Node, peer: &str, path: &str) -> Result<(), ApiError> {
+    let path = crate::path::parse_json_path(path)?.path;
+    let url = crate::http::forward::encoded_path("/v1/internal/localfs", &path);
+    let delete = CrossServerOp::RemoteDelete;
+    match crate::peers::internal_call(node, peer, "DELETE", url, None, delete, BackendOp::Delete).await? {
+        204 => Ok(()),
+        other => Err(ApiError::PeerError(format!("node {peer} answered {other} to a byte delete"))),
     }
 }
 

@@ -38,7 +38,12 @@ const SEGMENT: &AsciiSet = &CONTROLS
 
 /// `/v1/files/` + the canonical path with each segment percent-encoded.
 pub fn files_url(path: &CanonicalPath) -> String {
-    let mut url = String::from("/v1/files");
+    encoded_path("/v1/files", path)
+}
+
+/// `prefix` + the canonical path with each segment percent-encoded.
+pub fn encoded_path(prefix: &str, path: &CanonicalPath) -> String {
+    let mut url = String::from(prefix);
     for segment in path.segments() {
         url.push('/');
         url.extend(utf8_percent_encode(segment, SEGMENT));
