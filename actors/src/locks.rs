@@ -136,10 +136,6 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Confirms the lock (and its lease) is still held, right before committing under it.
     pub async fn verify(&self) -> Result<(), ActorError> {
         let check = VerifyLock { key: self.key.clone(), token: self.token };
@@ -472,22 +468,22 @@ impl Handler<VerifyLock> for LockTable {
     }
 }
 
-/// Number of locks currently held (for tests and readiness).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountLocks;
-
-impl Handler<CountLocks> for LockTable {
-    type Result = usize;
-
-    fn handle(&mut self, _msg: CountLocks, _ctx: &mut Self::Context) -> usize {
-        self.held.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Number of locks currently held.
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    pub struct CountLocks;
+
+    impl Handler<CountLocks> for LockTable {
+        type Result = usize;
+
+        fn handle(&mut self, _msg: CountLocks, _ctx: &mut Self::Context) -> usize {
+            self.held.len()
+        }
+    }
 
     fn table() -> (Addr<LockTable>, Metrics) {
         let (metrics, _registry) = Metrics::new("test", "node-1");

@@ -49,7 +49,8 @@ pub struct RequestContext {
 
 /// The route pattern of a raw path: the only form that reaches a metric label.
 pub fn route_of(path: &str) -> RouteLabel {
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // No allocation: this runs on every request.
+    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     match path {
         "/health" => RouteLabel::Health,
         "/ready" => RouteLabel::Ready,
@@ -362,4 +363,22 @@ pub fn method_not_allowed(
 /// `404 NOT_FOUND` for unmatched paths.
 pub async fn not_found() -> actix_web::HttpResponse {
     ApiError::RouteNotFound.error_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_patterns_never_raw_paths() {
+        assert_eq!(route_of("/v1/files"), RouteLabel::Files);
+        assert_eq!(route_of("/v1/files/a/b.txt"), RouteLabel::Files);
+        assert_eq!(route_of("/v1/filesystem"), RouteLabel::Unmatched);
+        assert_eq!(route_of("/v1/directories/"), RouteLabel::Directories);
+        assert_eq!(route_of("/v1/internal/localfs/x"), RouteLabel::InternalLocalfs);
+        assert_eq!(route_of("/v1/internal/localfs-move"), RouteLabel::InternalLocalfsMove);
+        assert_eq!(route_of("/download/abc"), RouteLabel::Download);
+        assert_eq!(route_of("/download/"), RouteLabel::Unmatched);
+        assert_eq!(route_of("/etc/passwd"), RouteLabel::Unmatched);
+    }
 }
