@@ -76,6 +76,10 @@ pub enum ApiError {
     BackendUnavailable(String),
     #[error("insufficient storage")]
     InsufficientStorage,
+    #[error("{0}")]
+    ResourceChanged(String),
+    #[error("the node is handling as many uploads as it can; retry")]
+    Saturated,
 }
 
 impl ApiError {
@@ -107,6 +111,8 @@ impl ApiError {
             MetadataUnavailable(_) => "METADATA_UNAVAILABLE",
             BackendUnavailable(_) => "BACKEND_UNAVAILABLE",
             InsufficientStorage => "INSUFFICIENT_STORAGE",
+            ResourceChanged(_) => "RESOURCE_CHANGED",
+            Saturated => "SERVER_BUSY",
         }
     }
 
@@ -133,9 +139,12 @@ impl ResponseError for ApiError {
             LinkGone(..) => StatusCode::GONE,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            AlreadyExists(_) | CrossServerConflict(_) | NotADirectory | DirectoryNotEmpty | ResourceLocked => {
-                StatusCode::CONFLICT
-            }
+            AlreadyExists(_)
+            | CrossServerConflict(_)
+            | NotADirectory
+            | DirectoryNotEmpty
+            | ResourceLocked
+            | ResourceChanged(_) => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -143,7 +152,7 @@ impl ResponseError for ApiError {
             Internal(_) | Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             PeerUnavailable(_) | PeerError(_) => StatusCode::BAD_GATEWAY,
             PeerTimeout => StatusCode::GATEWAY_TIMEOUT,
-            MetadataUnavailable(_) | BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MetadataUnavailable(_) | BackendUnavailable(_) | Saturated => StatusCode::SERVICE_UNAVAILABLE,
             InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
@@ -163,7 +172,11 @@ impl ResponseError for ApiError {
             ApiError::RateLimited(seconds) => {
                 res.insert_header((header::RETRY_AFTER, seconds.to_string()));
             }
-            ApiError::ResourceLocked | ApiError::MetadataUnavailable(_) | ApiError::BackendUnavailable(_) => {
+            ApiError::ResourceLocked
+            | ApiError::ResourceChanged(_)
+            | ApiError::Saturated
+            | ApiError::MetadataUnavailable(_)
+            | ApiError::BackendUnavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             _ => {}

@@ -5,16 +5,17 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::Payload;
 use bytes::Bytes;
+use bytes::BytesMut;
 use callfs_actors::metadata::{
     CreateEntry, DeleteEntry, GetEntries, GetEntry, Inode, ListChildren, ListSubtree, NewEntry, RenameEntry,
     UpdateContent,
 };
 use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
 use callfs_actors::storage::localfs::{
-    DeleteFile, DiscardFile, FileChunks, MakeDir, MovePath, OpenFile, PublishFile, RemoveDir, StageUpload, UploadChunk,
+    DeleteFile, DiscardFile, FileChunks, MakeDir, MovePath, OpenFile, OpenStaging, PublishFile, RemoveDir, StagedFile,
+    Staging,
 };
-use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use futures_util::{Stream, StreamExt};
 
 use crate::auth::Identity;
 use crate::error::{ApiError, CrossServerConflict};
@@ -23,8 +24,8 @@ use crate::path::CanonicalPath;
 
 /// Files up to this size are read in one storage call and sent from memory.
 const INLINE_READ_LIMIT: u64 = 64 * 1024;
-/// Chunks buffered between the network and the disk writer (each at most a socket read).
-const UPLOAD_QUEUE: usize = 16;
+/// Bytes gathered from the network before one blocking write.
+const WRITE_UNIT: usize = 256 * 1024;
 
 /// Where the bytes of an entry are served from: the one routing decision of the node.
 pub enum Route {
@@ -193,11 +194,11 @@ pub async fn write_file(
     path: &CanonicalPath,
     mode: WriteMode,
     existing: Option<Box<Inode>>,
-    payload: Payload,
+    body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
     let started = Instant::now();
     let op = if existing.is_some() { BackendOp::Update } else { BackendOp::Create };
-    let result = stage_and_commit(node, identity, path, mode, existing.as_deref(), payload).await;
+    let result = stage_and_commit(node, identity, path, mode, body).await;
     node.metrics.record_backend(BackendLabel::Localfs, op, backend_ok(&result), started.elapsed());
     let written = result?;
     let file_op = if written == Written::Created { FileOp::Create } else { FileOp::Update };
@@ -231,87 +232,111 @@ fn backend_ok<T>(result: &Result<T, ApiError>) -> bool {
     !matches!(result, Err(ApiError::Storage(_) | ApiError::InsufficientStorage | ApiError::BackendUnavailable(_)))
 }
 
+/// A staged file that removes itself unless it was published: cleanup is a value, not a call on
+/// every error path.
+struct StagedGuard<'a> {
+    node: &'a Node,
+    staged: Option<StagedFile>,
+}
+
+impl StagedGuard<'_> {
+    fn file(&self) -> &StagedFile {
+        self.staged.as_ref().expect("a guard holds its file until published")
+    }
+
+    /// Renames the bytes to their final name; from then on they belong to whatever commits them.
+    async fn publish(mut self) -> Result<StagedFile, ApiError> {
+        let file = self.file();
+        node_disk_publish(self.node, file).await?;
+        Ok(self.staged.take().expect("a guard holds its file until published"))
+    }
+}
+
+impl Drop for StagedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            self.node.localfs.do_send(DiscardFile { path: staged.temp });
+        }
+    }
+}
+
+async fn node_disk_publish(node: &Node, file: &StagedFile) -> Result<(), ApiError> {
+    node.disk(PublishFile { temp: file.temp.clone(), target: file.target.clone() }).await
+}
+
+/// Writes `body` into a new temporary file for `path`, chunk by chunk, never holding a thread
+/// between chunks. At most `max_bytes` are accepted.
+async fn stage<'a>(
+    node: &'a Node,
+    path: &CanonicalPath,
+    mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
+    max_bytes: u64,
+) -> Result<StagedGuard<'a>, ApiError> {
+    let mut staging = node.disk(OpenStaging { path: path.as_str().to_string() }).await?;
+    let discard = |staging: Staging| node.localfs.do_send(DiscardFile { path: staging.temp });
+    let mut buffer = BytesMut::new();
+    loop {
+        let next = body.next().await;
+        let done = match next {
+            None => true,
+            Some(Ok(chunk)) => {
+                if staging.size + (buffer.len() + chunk.len()) as u64 > max_bytes {
+                    discard(staging);
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                buffer.extend_from_slice(&chunk);
+                false
+            }
+            Some(Err(err)) => {
+                discard(staging);
+                return Err(err);
+            }
+        };
+        if (done && !buffer.is_empty()) || buffer.len() >= WRITE_UNIT {
+            if let Err(err) = staging.write(buffer.split().freeze()).await {
+                discard(staging);
+                return Err(err.into());
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    let temp = staging.temp.clone();
+    match staging.finish().await {
+        Ok(staged) => Ok(StagedGuard { node, staged: Some(staged) }),
+        Err(err) => {
+            node.localfs.do_send(DiscardFile { path: temp });
+            Err(err.into())
+        }
+    }
+}
+
 async fn stage_and_commit(
     node: &Node,
     identity: &Identity,
     path: &CanonicalPath,
     mode: WriteMode,
-    existing: Option<&Inode>,
-    payload: Payload,
+    body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
-    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-    let stage = node.stage_upload(StageUpload {
-        path: path.as_str().to_string(),
-        chunks: rx,
-        max_bytes: node.settings.max_upload_bytes,
-    });
-    let pump = pump_body(payload, tx, node.settings.max_upload_bytes, node.settings.read_timeout);
-    let (pumped, staged) = tokio::join!(pump, stage);
-    // The client's failure explains the writer's; the writer's explains a closed channel.
-    let staged = match (pumped, staged) {
-        (Err(PumpError::Client(err)), staged) => {
-            if let Ok(staged) = staged {
-                node.localfs.do_send(DiscardFile { path: staged.temp });
-            }
-            return Err(err);
-        }
-        (_, Err(err)) => return Err(err),
-        (_, Ok(staged)) => staged,
-    };
-
-    let lock = match node.lock(path.as_str()).await {
-        Ok(lock) => lock,
-        Err(err) => {
-            node.localfs.do_send(DiscardFile { path: staged.temp });
-            return Err(err);
+    let staged = stage(node, path, body, node.settings.max_upload_bytes).await?;
+    let lock = node.lock(path.as_str()).await?;
+    lock.verify().await?;
+    // Decide again under the lock: the path may have been created, replaced or moved since the
+    // plan, and whatever is there now is what this write is authorised against.
+    let lineage = lineage(node, path).await?;
+    check_write(identity, &lineage)?;
+    let replace = match check_writable_target(node, &lineage, mode)? {
+        WritePlan::Local(now) => now,
+        WritePlan::Forward(_) => {
+            return Err(ApiError::ResourceChanged("the file moved to another node meanwhile; retry".into()))
         }
     };
-    if let Err(err) = lock.verify().await {
-        node.localfs.do_send(DiscardFile { path: staged.temp });
-        return Err(err.into());
+    if lineage.blocked_by_file() {
+        return Err(ApiError::NotADirectory);
     }
-    let outcome = commit_under_lock(node, identity, path, mode, existing, &staged).await;
-    drop(lock);
-    outcome
-}
-
-async fn commit_under_lock(
-    node: &Node,
-    identity: &Identity,
-    path: &CanonicalPath,
-    mode: WriteMode,
-    existing: Option<&Inode>,
-    staged: &callfs_actors::storage::localfs::StagedFile,
-) -> Result<Written, ApiError> {
-    let discard = || node.localfs.do_send(DiscardFile { path: staged.temp.clone() });
-    // Re-evaluate under the lock: a concurrent writer may have created or replaced the path.
-    let current = match get_entry(node, path).await {
-        Ok(current) => current,
-        Err(err) => {
-            discard();
-            return Err(err);
-        }
-    };
-    let replace = match (current, mode) {
-        (None, _) => None,
-        (Some(now), WriteMode::CreateOrReplace)
-            if now.is_file()
-                && matches!(route(node, &now), Route::Local)
-                && existing.is_none_or(|e| e.id == now.id) =>
-        {
-            Some(now)
-        }
-        (Some(_), _) => {
-            discard();
-            return Err(ApiError::AlreadyExists("the path was created concurrently; retry".into()));
-        }
-    };
-    let publish = PublishFile { temp: staged.temp.clone(), target: staged.target.clone() };
-    if let Err(err) = node.disk(publish).await {
-        discard();
-        return Err(err);
-    }
-    let size = staged.size as i64;
+    let size = staged.file().size as i64;
+    let published = staged.publish().await?;
     match replace {
         Some(entry) => {
             node.meta(UpdateContent { id: entry.id, size }).await?;
@@ -326,58 +351,43 @@ async fn commit_under_lock(
                 backend_type: "localfs".into(),
                 instance_id: Some(node.settings.instance_id.clone()),
             };
-            if let Err(err) = node.meta(CreateEntry { entry }).await {
-                // The row never landed: the published bytes must not outlive it.
-                node.localfs.do_send(DiscardFile { path: staged.target.clone() });
-                return Err(match err {
-                    ApiError::AlreadyExists(_) => ApiError::AlreadyExists("the path was created concurrently".into()),
-                    other => other,
-                });
+            match node.meta(CreateEntry { entry }).await {
+                Ok(_) => Ok(Written::Created),
+                // The row certainly did not land: its bytes must not outlive it.
+                Err(err @ (ApiError::AlreadyExists(_) | ApiError::NotADirectory | ApiError::BadRequest(_))) => {
+                    node.localfs.do_send(DiscardFile { path: published.target });
+                    Err(match err {
+                        ApiError::AlreadyExists(_) => {
+                            ApiError::AlreadyExists("the path was created concurrently".into())
+                        }
+                        other => other,
+                    })
+                }
+                // Ambiguous (a timeout, a lost connection): the row may still commit, so the bytes stay.
+                Err(err) => {
+                    log::warn!(path = path.as_str(), error = err.to_string().as_str(); "create outcome unknown; bytes kept");
+                    Err(err)
+                }
             }
-            Ok(Written::Created)
         }
     }
 }
 
-enum PumpError {
-    /// The client misbehaved (timeout, short body, too large).
-    Client(ApiError),
-    /// The writer stopped listening; its own result says why.
-    WriterGone,
-}
-
-async fn pump_body(
-    mut payload: Payload,
-    tx: mpsc::Sender<UploadChunk>,
-    max_bytes: u64,
-    inactivity: Duration,
-) -> Result<u64, PumpError> {
-    let mut total: u64 = 0;
-    loop {
-        let next = match tokio::time::timeout(inactivity, payload.next()).await {
-            Err(_) => return Err(PumpError::Client(ApiError::RequestTimeout)),
-            Ok(next) => next,
-        };
-        let chunk: Bytes = match next {
-            None => {
-                tx.send(UploadChunk::Finish).await.map_err(|_| PumpError::WriterGone)?;
-                return Ok(total);
+/// A request body as a stream of chunks: each must arrive within `inactivity`
+/// (`server.read_timeout`, else 408); a body cut short is a client error.
+pub fn body_stream(payload: Payload, inactivity: Duration) -> impl Stream<Item = Result<Bytes, ApiError>> + Unpin {
+    Box::pin(futures_util::stream::unfold(Some(payload), move |payload| async move {
+        let mut payload = payload?;
+        match tokio::time::timeout(inactivity, payload.next()).await {
+            Err(_) => Some((Err(ApiError::RequestTimeout), None)),
+            Ok(None) => None,
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(payload))),
+            Ok(Some(Err(actix_web::error::PayloadError::Overflow))) => Some((Err(ApiError::PayloadTooLarge), None)),
+            Ok(Some(Err(other))) => {
+                Some((Err(ApiError::BadRequest(format!("request body ended early: {other}"))), None))
             }
-            Some(Err(err)) => {
-                let err = match err {
-                    actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge,
-                    other => ApiError::BadRequest(format!("request body ended early: {other}")),
-                };
-                return Err(PumpError::Client(err));
-            }
-            Some(Ok(chunk)) => chunk,
-        };
-        total += chunk.len() as u64;
-        if total > max_bytes {
-            return Err(PumpError::Client(ApiError::PayloadTooLarge));
         }
-        tx.send(UploadChunk::Data(chunk)).await.map_err(|_| PumpError::WriterGone)?;
-    }
+    }))
 }
 
 /// Creates a directory (and missing ancestors). `Ok(false)` when it already existed.
@@ -439,9 +449,14 @@ pub async fn plan_delete(
 }
 
 /// DELETE: the row first, then the bytes (an unlink failure leaves invisible orphan bytes).
-pub async fn delete_entry(node: &Node, path: &CanonicalPath) -> Result<(), ApiError> {
+pub async fn delete_entry(node: &Node, identity: &Identity, path: &CanonicalPath) -> Result<(), ApiError> {
     let _lock = node.lock(path.as_str()).await?;
+    // Authorised against what is there now, not what the plan saw.
     let entry = read_entry(node, path).await?;
+    check_delete(identity, &entry)?;
+    if let Route::Peer(_) = route(node, &entry) {
+        return Err(ApiError::ResourceChanged("the file moved to another node meanwhile; retry".into()));
+    }
     node.meta(DeleteEntry { id: entry.id }).await?;
     if entry.is_dir() {
         node.localfs.do_send(RemoveDir { path: path.as_str().to_string() });
@@ -458,20 +473,40 @@ pub async fn delete_entry(node: &Node, path: &CanonicalPath) -> Result<(), ApiEr
     Ok(())
 }
 
-/// The body of a download: bytes already in memory, or an open file streamed chunk by chunk.
+/// The body of a download: bytes already in memory, or an open file streamed chunk by chunk
+/// (with the number of bytes the stream yields).
 pub enum Content {
     Inline(Bytes),
-    Stream(FileChunks),
+    Stream(FileChunks, u64),
 }
 
-pub struct Download {
-    pub content: Content,
-    /// Total size of the stored object (from the opened file).
+/// The bytes of a file, opened: every range is planned on `total`, the length of what was opened.
+pub struct Opened {
     pub total: u64,
+    inline: Option<Bytes>,
+    file: Option<std::fs::File>,
 }
 
-/// Opens `entry`'s bytes and returns `len` bytes from `offset`.
-pub async fn open_range(node: &Node, entry: &Inode, offset: u64, len: Option<u64>) -> Result<Download, ApiError> {
+impl Opened {
+    /// `len` bytes from `offset`, clamped to what was opened: never out of bounds.
+    pub fn range(self, offset: u64, len: u64) -> Content {
+        let offset = offset.min(self.total);
+        let len = len.min(self.total - offset);
+        match (self.inline, self.file) {
+            (Some(bytes), _) => Content::Inline(bytes.slice(offset as usize..(offset + len) as usize)),
+            (None, Some(file)) => Content::Stream(FileChunks::new(file, offset, len), len),
+            (None, None) => Content::Inline(Bytes::new()),
+        }
+    }
+
+    pub fn whole(self) -> Content {
+        let total = self.total;
+        self.range(0, total)
+    }
+}
+
+/// Opens `entry`'s bytes.
+pub async fn open(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
     let started = Instant::now();
     let opened = node.disk(OpenFile { path: entry.path.clone(), inline_limit: INLINE_READ_LIMIT }).await;
     node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
@@ -485,15 +520,12 @@ pub async fn open_range(node: &Node, entry: &Inode, offset: u64, len: Option<u64
         log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.len; "stored size differs from metadata");
         node.metrics.record_error(ErrorKind::SizeMismatch);
     }
-    let total = opened.len;
-    let len = len.unwrap_or(total.saturating_sub(offset)).min(total.saturating_sub(offset));
-    let content = match (opened.inline, opened.file) {
-        (Some(bytes), _) => Content::Inline(bytes.slice(offset as usize..(offset + len) as usize)),
-        (None, Some(file)) => Content::Stream(FileChunks::new(file, offset, len)),
-        (None, None) => return Err(ApiError::Internal("storage returned no content".into())),
+    let total = match &opened.inline {
+        Some(bytes) => bytes.len() as u64,
+        None => opened.len,
     };
     node.metrics.record_file_op(FileOp::Read, backend_label(entry));
-    Ok(Download { content, total })
+    Ok(Opened { total, inline: opened.inline, file: opened.file })
 }
 
 pub async fn list_children(node: &Node, dir: &Inode) -> Result<Vec<Inode>, ApiError> {
@@ -566,12 +598,27 @@ pub enum MovePlan {
     Forward(String),
 }
 
+/// `Write` on the destination, and `Delete` on an existing destination that an overwrite replaces
+/// (security.md §3: a non-owner gets 403 whatever its kind, empty directories included).
+fn check_destination_rights(
+    identity: &Identity,
+    req: &MoveRequest,
+    source: &Inode,
+    dst_lineage: &Lineage,
+) -> Result<(), ApiError> {
+    check_write(identity, dst_lineage)?;
+    match dst_lineage.target.as_ref().filter(|e| e.id != source.id) {
+        Some(existing) if req.overwrite => check_delete(identity, existing),
+        _ => Ok(()),
+    }
+}
+
 /// PATCH checks on the receiving node (api.md §8.5 steps 4–5) and the routing of cluster.md §5.
 pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> Result<MovePlan, ApiError> {
     let source = read_entry(node, &req.source).await?;
     check_delete(identity, &source)?;
     let dst_lineage = lineage(node, &req.destination).await?;
-    check_write(identity, &dst_lineage)?;
+    check_destination_rights(identity, req, &source, &dst_lineage)?;
     check_move_shape(node, req, &source)?;
     let target = req.instance.as_deref().filter(|i| source.callfs_instance_id.as_deref() != Some(*i));
     Ok(match (target, route(node, &source)) {
@@ -582,9 +629,15 @@ pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     })
 }
 
-/// Destination rules checked under the locks (api.md §8.5 step 6).
-async fn check_destination(node: &Node, req: &MoveRequest, source: &Inode) -> Result<(), ApiError> {
+/// Destination rules checked under the locks (api.md §8.5 step 6), authorisation included.
+async fn check_destination(
+    node: &Node,
+    identity: &Identity,
+    req: &MoveRequest,
+    source: &Inode,
+) -> Result<(), ApiError> {
     let dst_lineage = lineage(node, &req.destination).await?;
+    check_destination_rights(identity, req, source, &dst_lineage)?;
     if dst_lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
     }
@@ -630,42 +683,44 @@ fn rename_message(
 
 /// Moves a file's bytes to this node (from its owner or local disk), then re-keys the row and
 /// removes the old bytes: bytes first, metadata second, the source untouched until the commit.
-pub async fn relocate_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+pub async fn relocate_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
     let locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
     let source = read_entry(node, &req.source).await?;
-    check_destination(node, &req, &source).await?;
-    let started = Instant::now();
-    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-    let stage =
-        node.stage_upload(StageUpload { path: req.destination.as_str().to_string(), chunks: rx, max_bytes: u64::MAX });
-    let (staged, fed) = tokio::join!(stage, feed_source(node, &source, tx));
-    let staged = match (staged, fed) {
-        (Ok(staged), Ok(())) => staged,
-        (staged, fed) => {
-            if let Ok(staged) = staged {
-                node.localfs.do_send(DiscardFile { path: staged.temp });
-            }
-            return Err(fed.err().unwrap_or(ApiError::Storage("relocation copy failed".into())));
+    check_delete(identity, &source)?;
+    check_destination(node, identity, &req, &source).await?;
+    if source.callfs_instance_id.as_deref() == Some(node.settings.instance_id.as_str()) {
+        // An identical relocation got here first: nothing left to copy.
+        if req.destination == req.source {
+            return Ok(req.destination);
         }
-    };
-    let publish = PublishFile { temp: staged.temp.clone(), target: staged.target.clone() };
-    if let Err(err) = node.disk(publish).await {
-        node.localfs.do_send(DiscardFile { path: staged.temp });
-        return Err(err);
+        return Err(ApiError::ResourceChanged("the file was relocated meanwhile; retry".into()));
     }
+    let started = Instant::now();
+    let body = source_stream(node, &source).await?;
+    let staged = stage(node, &req.destination, body, u64::MAX).await?;
+    // End of stream is not success: a copy is only good if it has every byte the row promises.
+    if staged.file().size != source.size as u64 {
+        return Err(ApiError::PeerError(format!(
+            "relocation copy has {} of {} bytes",
+            staged.file().size,
+            source.size
+        )));
+    }
+    // The copy may have outlived a lease: never commit without it.
+    match &locks {
+        (first, Some(second)) => {
+            first.verify().await?;
+            second.verify().await?;
+        }
+        (first, None) => first.verify().await?,
+    }
+    let published = staged.publish().await?;
     node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Create, true, started.elapsed());
     let relocate_to = Some(("localfs".to_string(), Some(node.settings.instance_id.clone())));
-    // The copy may have outlived a lease: never commit without it.
-    let verified = match &locks {
-        (first, Some(second)) => first.verify().await.and(second.verify().await),
-        (first, None) => first.verify().await,
-    };
-    if let Err(err) = verified {
-        node.localfs.do_send(DiscardFile { path: staged.target });
-        return Err(err.into());
-    }
     if let Err(err) = node.meta(rename_message(node, &req, &source, relocate_to)).await {
-        node.localfs.do_send(DiscardFile { path: staged.target });
+        if !matches!(err, ApiError::MetadataUnavailable(_)) {
+            node.localfs.do_send(DiscardFile { path: published.target });
+        }
         return Err(err);
     }
     remove_old_bytes(node, &source).await;
@@ -673,24 +728,16 @@ pub async fn relocate_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPa
     Ok(req.destination)
 }
 
-/// Streams the source file's bytes into `tx`, from local disk or from the owning peer.
-async fn feed_source(node: &Node, source: &Inode, tx: mpsc::Sender<UploadChunk>) -> Result<(), ApiError> {
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>>>>;
+
+/// The source file's bytes, from local disk or from the owning peer.
+async fn source_stream(node: &Node, source: &Inode) -> Result<ByteStream, ApiError> {
     let path = crate::path::parse_json_path(&source.path)?.path;
     match route(node, source) {
-        Route::Local => {
-            let download = open_range(node, source, 0, None).await?;
-            match download.content {
-                Content::Inline(bytes) => {
-                    tx.send(UploadChunk::Data(bytes)).await.map_err(|_| writer_gone())?;
-                }
-                Content::Stream(mut chunks) => {
-                    while let Some(chunk) = chunks.next().await {
-                        let chunk = chunk.map_err(|e| ApiError::Storage(e.to_string()))?;
-                        tx.send(UploadChunk::Data(chunk)).await.map_err(|_| writer_gone())?;
-                    }
-                }
-            }
-        }
+        Route::Local => Ok(match open(node, source).await?.whole() {
+            Content::Inline(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
+            Content::Stream(chunks, _) => Box::pin(chunks.map(|c| c.map_err(|e| ApiError::Storage(e.to_string())))),
+        }),
         Route::Peer(owner) => {
             let message = callfs_actors::peer::ForwardRequest {
                 peer: owner.clone(),
@@ -701,24 +748,20 @@ async fn feed_source(node: &Node, source: &Inode, tx: mpsc::Sender<UploadChunk>)
                 operation: CrossServerOp::RelocateRead,
                 backend_op: BackendOp::Open,
             };
-            let mut answer = node.peers.send(message).await??;
+            let answer = node.peers.send(message).await??;
             if answer.status != 200 {
                 return Err(ApiError::PeerError(format!(
                     "node {owner} answered {} to a relocation read",
                     answer.status
                 )));
             }
-            while let Some(chunk) = answer.body.recv().await {
-                let chunk = chunk.map_err(ApiError::PeerError)?;
-                tx.send(UploadChunk::Data(chunk)).await.map_err(|_| writer_gone())?;
-            }
+            let body = answer.body;
+            Ok(Box::pin(futures_util::stream::unfold(body, |mut body| async move {
+                let chunk = body.recv().await?;
+                Some((chunk.map_err(ApiError::PeerError), body))
+            })))
         }
     }
-    tx.send(UploadChunk::Finish).await.map_err(|_| writer_gone())
-}
-
-fn writer_gone() -> ApiError {
-    ApiError::Storage("the relocation writer stopped".into())
 }
 
 /// After a relocation: delete the old bytes where they were; a failure leaves counted orphans.
@@ -745,13 +788,14 @@ async fn remote_delete(node: &Node, peer: &str, path: &str) -> Result<(), ApiErr
 }
 
 /// PATCH rename/move within this node and backend (api.md §8.5 step 6).
-pub async fn move_entry(node: &Node, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
     let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
     let source = read_entry(node, &req.source).await?;
+    check_delete(identity, &source)?;
     if let Route::Peer(_) = route(node, &source) {
-        return Err(ApiError::PeerError("resource moved during the operation; retry".into()));
+        return Err(ApiError::ResourceChanged("the file moved to another node meanwhile; retry".into()));
     }
-    check_destination(node, &req, &source).await?;
+    check_destination(node, identity, &req, &source).await?;
 
     let started = Instant::now();
     let moved = node

@@ -15,3 +15,4 @@ pub mod peers;
 pub mod rate_limit;
 pub mod server;
 pub mod tls;
+pub mod uploads;

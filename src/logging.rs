@@ -57,6 +57,17 @@ pub fn init(level: &str, format: &str) {
     // Err only when a logger is already installed (tests, repeated init): keep the first one.
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(max);
+        // A panic is one log line in the configured format, never raw text in a JSON log.
+        std::panic::set_hook(Box::new(|info| {
+            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let payload = info.payload();
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!(panic = what.as_str(), location = location.as_str(); "panic");
+        }));
     }
 }
 

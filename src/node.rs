@@ -10,7 +10,7 @@ use callfs_actors::locks::{AcquireLock, LockGuard, LockTable};
 use callfs_actors::metadata::MetadataStore;
 use callfs_actors::metrics::{Metrics, MetricsActor};
 use callfs_actors::peer::PeerProxy;
-use callfs_actors::storage::localfs::{LocalFsWorker, StageUpload, StagedFile};
+use callfs_actors::storage::localfs::LocalFsWorker;
 use callfs_actors::ActorError;
 use ipnet::IpNet;
 
@@ -44,8 +44,8 @@ pub struct Node {
     pub settings: Settings,
     pub metadata: Addr<MetadataStore>,
     pub localfs: Addr<LocalFsWorker>,
-    /// Writers for incoming bodies: a slow client holds one of these threads, never a short-call one.
-    pub uploads: Addr<LocalFsWorker>,
+    /// Admission of upload bodies (per client and per node).
+    pub upload_slots: crate::uploads::UploadSlots,
     pub locks: Addr<LockTable>,
     /// The PostgreSQL lease table, with `dlm.type: postgres`.
     pub lease_store: Option<Addr<callfs_actors::locks::LeaseStore>>,
@@ -94,11 +94,6 @@ impl Node {
     {
         let timeout = self.settings.file_op_timeout;
         ask(&self.localfs, msg, timeout, ApiError::BackendUnavailable("storage call timed out".into())).await
-    }
-
-    /// Stages an upload body on the upload writers; no deadline (the body is bounded by inactivity instead).
-    pub async fn stage_upload(&self, msg: StageUpload) -> Result<StagedFile, ApiError> {
-        Ok(self.uploads.send(msg).await??)
     }
 
     /// Takes the path lock, waiting at most `dlm.acquire_timeout`.

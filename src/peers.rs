@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use callfs_actors::metrics::{BackendOp, CrossServerOp};
+use callfs_actors::peer::UploadChunk;
 use callfs_actors::peer::{ForwardRequest, RequestBody};
-use callfs_actors::storage::localfs::UploadChunk;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;

@@ -21,8 +21,6 @@ use crate::tls;
 
 /// Threads for short blocking disk calls (open, rename, delete, mkdir).
 const LOCALFS_THREADS: usize = 16;
-/// Threads writing upload bodies; each concurrent upload holds one while its body streams in.
-const UPLOAD_THREADS: usize = 128;
 
 pub fn run(config_path: Option<&Path>) -> i32 {
     let loaded = match config::load(config_path) {
@@ -121,9 +119,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("localfs root: {e}"))?;
     let fsync = config.backend.localfs_fsync;
-    let upload_root = root.clone();
     let localfs = SyncArbiter::start(LOCALFS_THREADS, move || LocalFsWorker::new(root.clone(), fsync));
-    let uploads = SyncArbiter::start(UPLOAD_THREADS, move || LocalFsWorker::new(upload_root.clone(), fsync));
     // Leftovers of uploads cut short by a crash; runs in the background, readiness does not wait.
     localfs.do_send(SweepTempFiles { older_than: started_at });
 
@@ -151,7 +147,7 @@ async fn serve(config: Config) -> Result<(), String> {
         settings: settings(&config),
         metadata,
         localfs,
-        uploads,
+        upload_slots: crate::uploads::UploadSlots::default(),
         locks,
         lease_store,
         peers,
@@ -186,7 +182,6 @@ async fn serve(config: Config) -> Result<(), String> {
             .app_data(LocalPeerProxy(local_proxy))
             .wrap(Pipeline)
             .configure(routes::configure)
-            .default_service(web::to(not_found))
     })
     .client_request_timeout(config.server.read_timeout)
     .keep_alive(config.server.idle_timeout)

@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::error::ActorError;
 use crate::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, Metrics};
-use crate::storage::localfs::UploadChunk;
 
 /// Chunks buffered per direction of a proxied transfer.
 const RELAY_QUEUE: usize = 8;
@@ -103,6 +102,13 @@ impl Actor for PeerProxy {
             ctx.run_interval(self.settings.probe_interval, |act, ctx| act.probe_all(ctx));
         }
     }
+}
+
+/// One piece of a request body on its way to a peer.
+pub enum UploadChunk {
+    Data(bytes::Bytes),
+    /// The body ended where it should; anything else is an abort.
+    Finish,
 }
 
 /// A request body on its way to a peer. Ends only with [`UploadChunk::Finish`]; anything else

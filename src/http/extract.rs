@@ -8,7 +8,6 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::http::middleware::RequestContext;
-use crate::path::{parse_url_path, ParsedPath};
 
 impl FromRequest for Identity {
     type Error = ApiError;
@@ -32,13 +31,6 @@ impl FromRequest for RequestContext {
                 .ok_or_else(|| ApiError::Internal("request context missing".into())),
         )
     }
-}
-
-/// The canonical path of a request under `prefix`, taken from the raw (undecoded) URI path.
-pub fn path_under(req: &HttpRequest, prefix: &str) -> Result<ParsedPath, ApiError> {
-    let raw = req.uri().path();
-    let rest = raw.strip_prefix(prefix).unwrap_or("");
-    Ok(parse_url_path(rest)?)
 }
 
 /// A request's declared body length, if any.

@@ -19,7 +19,9 @@ use callfs_actors::metrics::{LimiterLabel, LimiterLabels, MethodLabel, Metrics, 
 use crate::auth::{resolve_identity, Identity};
 use crate::correlation::{request_id, TraceContext};
 use crate::error::ApiError;
-use crate::logging::{format_duration, short_token};
+use crate::http::endpoint::{Endpoint, Guard, Limiter};
+use crate::http::routes::Classified;
+use crate::logging::format_duration;
 use crate::node::Node;
 use crate::rate_limit::client_ip;
 
@@ -45,41 +47,6 @@ pub struct RequestContext {
     pub request_id: String,
     pub trace: TraceContext,
     pub client_ip: IpAddr,
-}
-
-/// The route pattern of a raw path: the only form that reaches a metric label.
-pub fn route_of(path: &str) -> RouteLabel {
-    // No allocation: this runs on every request.
-    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    match path {
-        "/health" => RouteLabel::Health,
-        "/ready" => RouteLabel::Ready,
-        "/metrics" => RouteLabel::Metrics,
-        "/v1/links/generate" => RouteLabel::LinksGenerate,
-        "/v1/internal/localfs-move" => RouteLabel::InternalLocalfsMove,
-        _ if under("/v1/files") => RouteLabel::Files,
-        _ if under("/v1/directories") => RouteLabel::Directories,
-        _ if path.starts_with("/v1/internal/localfs/") => RouteLabel::InternalLocalfs,
-        _ if path.starts_with("/download/") && path.len() > "/download/".len() => RouteLabel::Download,
-        _ => RouteLabel::Unmatched,
-    }
-}
-
-/// What the pipeline needs to authenticate a route before it is resolved.
-enum Guard {
-    None,
-    Bearer,
-    InternalOnly,
-}
-
-fn guard_of(path: &str, route: RouteLabel, metrics_require_auth: bool) -> Guard {
-    if path.starts_with("/v1/internal/") {
-        Guard::InternalOnly
-    } else if path.starts_with("/v1/") || path == "/v1" || (route == RouteLabel::Metrics && metrics_require_auth) {
-        Guard::Bearer
-    } else {
-        Guard::None
-    }
 }
 
 pub struct Pipeline;
@@ -121,7 +88,8 @@ where
             let Some(node) = req.app_data::<web::Data<Node>>().cloned() else {
                 return Err(actix_web::error::ErrorInternalServerError("node state missing"));
             };
-            let mut record = Record::begin(&req, &node);
+            let endpoint = Endpoint::classify(req.method(), req.path());
+            let mut record = Record::begin(&req, &node, &endpoint);
             let secure = req.app_config().secure();
             let ctx = RequestContext {
                 request_id: record.request_id.clone(),
@@ -130,13 +98,15 @@ where
             };
             req.extensions_mut().insert(ctx);
 
-            let early = admit(&req, &node, record.route).map(|identity| {
+            let guard = endpoint.guard(req.path(), node.settings.metrics_require_auth);
+            let early = admit(&req, &node, &endpoint, guard, record.client_ip).map(|identity| {
                 if let Some(identity) = identity {
                     record.user_id = Some(identity.user_id.clone());
                     record.via = identity.proxied_by.clone();
                     req.extensions_mut().insert(identity);
                 }
             });
+            req.extensions_mut().insert(Classified { endpoint, guard });
             let mut res = match early {
                 Ok(()) => service.call(req).await?.map_into_boxed_body(),
                 Err(err) => req.error_response(err).map_into_boxed_body(),
@@ -161,39 +131,49 @@ fn head_size(req: &ServiceRequest) -> u64 {
     (line + headers) as u64
 }
 
-/// Rate limit and authentication, before routing (api.md §3 stages 3–4).
-fn admit(req: &ServiceRequest, node: &Node, route: RouteLabel) -> Result<Option<Identity>, ApiError> {
+/// Header size, rate limits and authentication, as the endpoint asks (api.md §3 stages 2–4 and 6).
+fn admit(
+    req: &ServiceRequest,
+    node: &Node,
+    endpoint: &Endpoint,
+    guard: Guard,
+    client_ip: IpAddr,
+) -> Result<Option<Identity>, ApiError> {
     if head_size(req) > node.settings.max_header_bytes {
         return Err(ApiError::HeaderTooLarge);
     }
-    let path = req.path();
-    let guard = guard_of(path, route, node.settings.metrics_require_auth);
-    if matches!(guard, Guard::None) {
-        return Ok(None);
+    if let Some(limiter) = endpoint.pre_auth_limiter() {
+        limit(node, limiter, client_ip)?;
     }
-    if path.starts_with("/v1/")
-        && !path.starts_with("/v1/internal/")
-        && route != RouteLabel::LinksGenerate
-        && node.api_limiter.is_enabled()
-    {
-        let ip = req.extensions().get::<RequestContext>().map(|c| c.client_ip);
-        if let Some(ip) = ip {
-            if let Err(retry_after) = node.api_limiter.check(ip) {
-                node.metrics.rate_limited.get_or_create(&LimiterLabels { limiter: LimiterLabel::Api }).inc();
-                return Err(ApiError::RateLimited(retry_after));
-            }
-        }
+    if guard == Guard::Public {
+        return Ok(None);
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let principal = node.keys.authenticate(header("authorization")).ok_or_else(|| {
-        log::debug!(path = path; "authentication failed");
+        log::debug!(route = endpoint.label().as_str(); "authentication failed");
         ApiError::AuthenticationFailed
     })?;
     let identity = resolve_identity(principal, header("x-callfs-original-user"), header("x-callfs-proxied-by"));
-    if matches!(guard, Guard::InternalOnly) && !identity.internal {
+    if guard == Guard::Internal && !identity.internal {
         return Err(ApiError::PermissionDenied("internal endpoint".into()));
     }
+    if let Some(limiter) = endpoint.post_auth_limiter() {
+        limit(node, limiter, client_ip)?;
+    }
     Ok(Some(identity))
+}
+
+fn limit(node: &Node, limiter: Limiter, client_ip: IpAddr) -> Result<(), ApiError> {
+    let (label, limiter) = match limiter {
+        Limiter::Api if !node.api_limiter.is_enabled() => return Ok(()),
+        Limiter::Api => (LimiterLabel::Api, &node.api_limiter),
+        Limiter::Downloads => (LimiterLabel::Downloads, &node.download_limiter),
+        Limiter::Links => (LimiterLabel::Links, &node.link_limiter),
+    };
+    limiter.check(client_ip).map_err(|retry_after| {
+        node.metrics.rate_limited.get_or_create(&LimiterLabels { limiter: label }).inc();
+        ApiError::RateLimited(retry_after)
+    })
 }
 
 fn decorate(headers: &mut actix_web::http::header::HeaderMap, record: &Record, secure: bool) {
@@ -235,14 +215,11 @@ pub struct Record {
 }
 
 impl Record {
-    fn begin(req: &ServiceRequest, node: &Node) -> Self {
+    fn begin(req: &ServiceRequest, node: &Node, endpoint: &Endpoint) -> Self {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let route = route_of(req.path());
-        let raw_path = match (route, req.path().strip_prefix("/download/")) {
-            (RouteLabel::Download, Some(token)) => format!("/download/{}", short_token(token)),
-            _ => req.path().to_string(),
-        };
+        let route = endpoint.label();
+        let raw_path = endpoint.log_path(req.path());
         Record {
             started: Instant::now(),
             metrics: node.metrics.clone(),
@@ -353,32 +330,7 @@ impl Drop for RecordedBody {
     }
 }
 
-/// `405` with the route's `Allow` header.
-pub fn method_not_allowed(
-    allow: &'static str,
-) -> impl Fn() -> Ready<Result<actix_web::HttpResponse, ApiError>> + Clone {
-    move || ready(Err(ApiError::MethodNotAllowed(allow)))
-}
-
 /// `404 NOT_FOUND` for unmatched paths.
 pub async fn not_found() -> actix_web::HttpResponse {
     ApiError::RouteNotFound.error_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_labels_are_patterns_never_raw_paths() {
-        assert_eq!(route_of("/v1/files"), RouteLabel::Files);
-        assert_eq!(route_of("/v1/files/a/b.txt"), RouteLabel::Files);
-        assert_eq!(route_of("/v1/filesystem"), RouteLabel::Unmatched);
-        assert_eq!(route_of("/v1/directories/"), RouteLabel::Directories);
-        assert_eq!(route_of("/v1/internal/localfs/x"), RouteLabel::InternalLocalfs);
-        assert_eq!(route_of("/v1/internal/localfs-move"), RouteLabel::InternalLocalfsMove);
-        assert_eq!(route_of("/download/abc"), RouteLabel::Download);
-        assert_eq!(route_of("/download/"), RouteLabel::Unmatched);
-        assert_eq!(route_of("/etc/passwd"), RouteLabel::Unmatched);
-    }
 }

@@ -1,6 +1,7 @@
 //! The HTTP layer: one route table, thin handlers, the request pipeline.
 
 pub mod conditional;
+pub mod endpoint;
 pub mod extract;
 pub mod forward;
 pub mod handlers;

@@ -1,67 +1,95 @@
-//! The single route table (api.md §2).
+//! The single route table (api.md §2), driven by the [`Endpoint`] the pipeline classified: actix's
+//! own router never sees the path, so what was authenticated is exactly what is served.
 
-use actix_web::web;
+use std::panic::AssertUnwindSafe;
 
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::FutureExt;
+
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::http::endpoint::{Endpoint, Guard};
 use crate::http::handlers::{directories, files, internal, links, system};
-use crate::http::middleware::method_not_allowed;
+use crate::http::middleware::RequestContext;
+use crate::node::Node;
 
+/// The main listener: every request lands here, after the pipeline.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/health")
-            .route(web::get().to(system::health))
-            .route(web::head().to(system::health))
-            .default_service(web::to(method_not_allowed("GET, HEAD"))),
-    )
-    .service(
-        web::resource("/ready")
-            .route(web::get().to(system::ready))
-            .route(web::head().to(system::ready))
-            .default_service(web::to(method_not_allowed("GET, HEAD"))),
-    )
-    .service(
-        web::resource("/metrics")
-            .route(web::get().to(system::metrics))
-            .route(web::head().to(system::metrics))
-            .default_service(web::to(method_not_allowed("GET, HEAD"))),
-    )
-    .service(
-        web::resource(["/v1/files", "/v1/files/{tail:.*}"])
-            .route(web::get().to(files::get))
-            .route(web::head().to(files::head))
-            .route(web::post().to(files::post))
-            .route(web::put().to(files::put))
-            .route(web::patch().to(files::patch))
-            .route(web::delete().to(files::delete))
-            .default_service(web::to(method_not_allowed("GET, HEAD, POST, PUT, PATCH, DELETE"))),
-    )
-    .service(
-        web::resource(["/v1/directories", "/v1/directories/{tail:.*}"])
-            .route(web::get().to(directories::list))
-            .default_service(web::to(method_not_allowed("GET"))),
-    )
-    .service(
-        web::resource("/v1/links/generate")
-            .route(web::post().to(links::generate))
-            .default_service(web::to(method_not_allowed("POST"))),
-    )
-    .service(
-        web::resource("/download/{token}")
-            .route(web::get().to(links::download))
-            .default_service(web::to(method_not_allowed("GET"))),
-    )
-    .service(
-        web::resource("/v1/internal/localfs-move")
-            .route(web::post().to(internal::move_bytes))
-            .default_service(web::to(method_not_allowed("POST"))),
-    )
-    .service(
-        web::resource("/v1/internal/localfs/{tail:.*}")
-            .route(web::delete().to(internal::delete_bytes))
-            .default_service(web::to(method_not_allowed("DELETE"))),
-    );
+    cfg.default_service(web::to(dispatch));
 }
 
-/// The dedicated metrics listener: `/metrics` and `/health` only.
+/// The dedicated metrics listener: `/metrics` and `/health` only, never authenticated.
 pub fn configure_metrics_listener(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(system::metrics)).route("/health", web::get().to(system::health));
+}
+
+/// Runs the handler of the request's endpoint; a panic becomes one logged `500 INTERNAL_ERROR`.
+async fn dispatch(req: HttpRequest, node: web::Data<Node>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let classified = req.extensions_mut().remove::<Classified>();
+    let Some(Classified { endpoint, guard }) = classified else {
+        return Err(ApiError::Internal("request was not classified".into()));
+    };
+    let identity = req.extensions().get::<Identity>().cloned();
+    // Defence in depth: the pipeline authenticated, and the dispatcher refuses to run without it.
+    let identity = match (guard, identity) {
+        (Guard::Public, identity) => identity,
+        (Guard::Bearer, Some(identity)) => Some(identity),
+        (Guard::Internal, Some(identity)) if identity.internal => Some(identity),
+        (Guard::Internal, Some(_)) => return Err(ApiError::PermissionDenied("internal endpoint".into())),
+        (_, None) => return Err(ApiError::AuthenticationFailed),
+    };
+    let ctx = req
+        .extensions()
+        .get::<RequestContext>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("request context missing".into()))?;
+    let run = AssertUnwindSafe(serve(endpoint, req, node, identity, ctx, payload));
+    match run.catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!(panic = what.as_str(); "request handler panicked");
+            Err(ApiError::Internal(format!("handler panicked: {what}")))
+        }
+    }
+}
+
+/// The endpoint and the guard the pipeline applied, handed to [`dispatch`].
+pub struct Classified {
+    pub endpoint: Endpoint,
+    pub guard: Guard,
+}
+
+async fn serve(
+    endpoint: Endpoint,
+    req: HttpRequest,
+    node: web::Data<Node>,
+    identity: Option<Identity>,
+    ctx: RequestContext,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use Endpoint::*;
+    let identity = || identity.clone().ok_or(ApiError::AuthenticationFailed);
+    match endpoint {
+        Health => Ok(system::health().await),
+        Ready => Ok(system::ready(node).await),
+        Metrics => system::metrics_on(&node).await,
+        GetFile(path) => files::get(&req, &node, &identity()?, path?).await,
+        HeadFile(path) => files::head(&req, &node, &identity()?, path?).await,
+        PostFile(path) => files::post(&req, &node, &identity()?, path?, &ctx, payload).await,
+        PutFile(path) => files::put(&req, &node, &identity()?, path?, &ctx, payload).await,
+        PatchFile(path) => files::patch(&req, &node, &identity()?, path?, payload).await,
+        DeleteFile(path) => files::delete(&req, &node, &identity()?, path?).await,
+        ListDirectory(path) => directories::list(&req, &node, path?).await,
+        GenerateLink => links::generate(&node, &identity()?, payload).await,
+        DownloadLink(token) => links::download(&req, &node, &ctx, token).await,
+        InternalMove => internal::move_bytes(&node, &identity()?, payload).await,
+        InternalDelete(path) => internal::delete_bytes(&node, &identity()?, path?).await,
+        MethodNotAllowed { allow, .. } => Err(ApiError::MethodNotAllowed(allow)),
+        NotFound => Err(ApiError::RouteNotFound),
+    }
 }

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::ActorError;
@@ -86,8 +85,14 @@ impl LocalFsWorker {
         }
     }
 
-    fn stage(&self, msg: StageUpload) -> Result<StagedFile, ActorError> {
-        let target = self.resolve(&msg.path)?;
+    /// Creates the temporary file of an upload beside its final name. Refuses (as invalid input,
+    /// before creating anything) a location the OS could not name.
+    fn open_staging(&self, path: &str) -> Result<Staging, ActorError> {
+        let target = self.resolve(path)?;
+        // The temp name is longer than any final name: check it against PATH_MAX up front.
+        if target.as_os_str().len() + TEMP_PREFIX.len() + 16 >= MAX_OS_PATH {
+            return Err(ActorError::InvalidInput("the path is too long for this node's storage".into()));
+        }
         let dir = target.parent().ok_or_else(|| ActorError::InvalidInput("no parent directory".into()))?;
         self.create_dirs(dir).map_err(|e| ActorError::from_io(&e))?;
         let temp = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())));
@@ -97,38 +102,55 @@ impl LocalFsWorker {
             .mode(0o600)
             .open(&temp)
             .map_err(|e| ActorError::from_io(&e))?;
-        let staged = StagedFile { temp, target, size: 0 };
-        match self.fill(file, msg.chunks, msg.max_bytes) {
-            Ok(size) => Ok(StagedFile { size, ..staged }),
-            Err(err) => {
-                let _ = fs::remove_file(&staged.temp);
-                Err(err)
-            }
-        }
+        Ok(Staging { file: Some(file), temp, target, size: 0, fsync: self.fsync })
+    }
+}
+
+/// Longest path the OS accepts (`PATH_MAX`, including the terminating NUL).
+const MAX_OS_PATH: usize = 4096;
+
+/// An upload being written: the temporary file, filled chunk by chunk on the blocking pool so that
+/// a slow body never holds a thread between its chunks.
+#[derive(Debug)]
+pub struct Staging {
+    file: Option<File>,
+    pub temp: PathBuf,
+    pub target: PathBuf,
+    pub size: u64,
+    fsync: bool,
+}
+
+impl Staging {
+    /// Appends one chunk (one blocking call).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), ActorError> {
+        let mut file = self.file.take().ok_or_else(|| ActorError::InvalidInput("staging file closed".into()))?;
+        let len = data.len() as u64;
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let written = file.write_all(&data);
+            (file, written)
+        })
+        .await
+        .map_err(|e| ActorError::Storage(format!("writer task: {e}")))?;
+        self.file = Some(file);
+        written.map_err(|e| ActorError::from_io(&e))?;
+        self.size += len;
+        Ok(())
     }
 
-    fn fill(&self, file: File, mut chunks: mpsc::Receiver<UploadChunk>, max_bytes: u64) -> Result<u64, ActorError> {
-        let mut out = io::BufWriter::with_capacity(IO_CHUNK, file);
-        let mut size: u64 = 0;
-        loop {
-            match chunks.blocking_recv() {
-                Some(UploadChunk::Data(bytes)) => {
-                    size += bytes.len() as u64;
-                    if size > max_bytes {
-                        return Err(ActorError::TooLarge);
-                    }
-                    out.write_all(&bytes).map_err(|e| ActorError::from_io(&e))?;
-                }
-                Some(UploadChunk::Finish) => break,
-                None => return Err(ActorError::UploadAborted("body ended early".into())),
+    /// Makes the bytes durable (per `localfs_fsync`) and readable; the file is then complete.
+    pub async fn finish(mut self) -> Result<StagedFile, ActorError> {
+        let file = self.file.take().ok_or_else(|| ActorError::InvalidInput("staging file closed".into()))?;
+        let fsync = self.fsync;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if fsync {
+                file.sync_all()?;
             }
-        }
-        let file = out.into_inner().map_err(|e| ActorError::from_io(e.error()))?;
-        if self.fsync {
-            file.sync_all().map_err(|e| ActorError::from_io(&e))?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(|e| ActorError::from_io(&e))?;
-        Ok(size)
+            file.set_permissions(fs::Permissions::from_mode(0o644))
+        })
+        .await
+        .map_err(|e| ActorError::Storage(format!("writer task: {e}")))?
+        .map_err(|e| ActorError::from_io(&e))?;
+        Ok(StagedFile { temp: self.temp.clone(), target: self.target.clone(), size: self.size })
     }
 }
 
@@ -171,12 +193,6 @@ impl Handler<OpenFile> for LocalFsWorker {
     }
 }
 
-pub enum UploadChunk {
-    Data(Bytes),
-    /// The body ended where it should; anything else is an abort.
-    Finish,
-}
-
 /// Bytes written to a temporary file beside their final location, durable but not yet visible.
 #[derive(Debug)]
 pub struct StagedFile {
@@ -185,19 +201,17 @@ pub struct StagedFile {
     pub size: u64,
 }
 
-/// Stream an upload into a temporary file in the target directory.
+/// Create the temporary file of an upload (a short call; the body is written by [`Staging`]).
 #[derive(Message)]
-#[rtype(result = "Result<StagedFile, ActorError>")]
-pub struct StageUpload {
+#[rtype(result = "Result<Staging, ActorError>")]
+pub struct OpenStaging {
     pub path: String,
-    pub chunks: mpsc::Receiver<UploadChunk>,
-    pub max_bytes: u64,
 }
 
-impl Handler<StageUpload> for LocalFsWorker {
-    type Result = Result<StagedFile, ActorError>;
-    fn handle(&mut self, msg: StageUpload, _ctx: &mut Self::Context) -> Self::Result {
-        self.stage(msg)
+impl Handler<OpenStaging> for LocalFsWorker {
+    type Result = Result<Staging, ActorError>;
+    fn handle(&mut self, msg: OpenStaging, _ctx: &mut Self::Context) -> Self::Result {
+        self.open_staging(&msg.path)
     }
 }
 
@@ -475,14 +489,13 @@ mod tests {
         (LocalFsWorker::new(dir.path().to_path_buf(), true), dir)
     }
 
-    #[test]
-    fn staged_upload_is_invisible_until_published() {
+    #[actix::test]
+    async fn staged_upload_is_invisible_until_published() {
         let (w, dir) = worker();
-        let (tx, rx) = mpsc::channel(4);
-        tx.blocking_send(UploadChunk::Data(Bytes::from_static(b"hello "))).unwrap();
-        tx.blocking_send(UploadChunk::Data(Bytes::from_static(b"world"))).unwrap();
-        tx.blocking_send(UploadChunk::Finish).unwrap();
-        let staged = w.stage(StageUpload { path: "/a/b.txt".into(), chunks: rx, max_bytes: 100 }).unwrap();
+        let mut staging = w.open_staging("/a/b.txt").unwrap();
+        staging.write(Bytes::from_static(b"hello ")).await.unwrap();
+        staging.write(Bytes::from_static(b"world")).await.unwrap();
+        let staged = staging.finish().await.unwrap();
         assert_eq!(staged.size, 11);
         assert!(!dir.path().join("a/b.txt").exists());
         assert!(staged.temp.file_name().unwrap().to_string_lossy().starts_with(TEMP_PREFIX));
@@ -491,18 +504,11 @@ mod tests {
     }
 
     #[test]
-    fn aborted_or_oversized_upload_leaves_nothing() {
+    fn a_path_the_os_cannot_name_is_refused_before_anything_is_created() {
         let (w, dir) = worker();
-        let (tx, rx) = mpsc::channel(4);
-        tx.blocking_send(UploadChunk::Data(Bytes::from_static(b"partial"))).unwrap();
-        drop(tx);
-        let err = w.stage(StageUpload { path: "/x.bin".into(), chunks: rx, max_bytes: 100 }).unwrap_err();
-        assert!(matches!(err, ActorError::UploadAborted(_)));
-        let (tx, rx) = mpsc::channel(4);
-        tx.blocking_send(UploadChunk::Data(Bytes::from(vec![0u8; 101]))).unwrap();
-        let err = w.stage(StageUpload { path: "/y.bin".into(), chunks: rx, max_bytes: 100 }).unwrap_err();
-        assert_eq!(err, ActorError::TooLarge);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no temp file may remain");
+        let long: String = (0..17).map(|i| format!("/{}", "d".repeat(240) + &i.to_string())).collect();
+        assert!(matches!(w.open_staging(&long), Err(ActorError::InvalidInput(_))));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no directory may remain");
     }
 
     #[test]

@@ -1,14 +1,13 @@
 //! `GET /v1/directories/{path}` (api.md §9).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::files;
-use crate::http::extract::path_under;
 use crate::http::handlers::files::item;
 use crate::node::Node;
+use crate::path::ParsedPath;
 
 const DEFAULT_MAX_DEPTH: u32 = 100;
 const MAX_DEPTH_CAP: u32 = 1000;
@@ -34,17 +33,16 @@ pub fn listing_options(query: &str) -> (bool, u32) {
     (recursive, max_depth)
 }
 
-pub async fn list(req: HttpRequest, node: web::Data<Node>, _identity: Identity) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, "/v1/directories")?;
-    let dir = files::read_entry(&node, &parsed.path).await?;
+pub async fn list(req: &HttpRequest, node: &Node, parsed: ParsedPath) -> Result<HttpResponse, ApiError> {
+    let dir = files::read_entry(node, &parsed.path).await?;
     if !dir.is_dir() {
         return Err(ApiError::BadRequest("the path is not a directory".into()));
     }
     let (recursive, max_depth) = listing_options(req.query_string());
     let entries = if recursive {
-        files::list_tree(&node, &dir, max_depth).await?
+        files::list_tree(node, &dir, max_depth).await?
     } else {
-        files::list_children(&node, &dir).await?
+        files::list_children(node, &dir).await?
     };
     let items: Vec<_> = entries.iter().map(item).collect();
     let mut body = json!({"path": dir.path, "type": "directory", "recursive": recursive});

@@ -1,5 +1,7 @@
 //! `/v1/files/{path}` (api.md §8).
 
+use std::time::Duration;
+
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header;
 use actix_web::http::StatusCode;
@@ -14,13 +16,13 @@ use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::files::{self, Content, MovePlan, MoveRequest, WriteMode, WritePlan, Written};
 use crate::http::conditional::{http_date, plan, Conditions, Plan, Validators};
-use crate::http::extract::{content_length, path_under};
+use crate::http::extract::content_length;
 use crate::http::forward::{ensure_not_proxied, files_url, forward, Forward};
+use crate::http::middleware::RequestContext;
 use crate::node::Node;
-use crate::path::{parse_json_path, validate_segment};
+use crate::path::{parse_json_path, validate_segment, ParsedPath};
 use callfs_actors::metrics::{BackendOp, CrossServerOp};
 
-const PREFIX: &str = "/v1/files";
 const PATCH_BODY_LIMIT: usize = 1024 * 1024;
 
 pub fn rfc3339(t: chrono::NaiveDateTime) -> String {
@@ -104,63 +106,67 @@ fn to_owner<'a>(
     }
 }
 
-pub async fn get(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, PREFIX)?;
-    let entry = files::read_entry(&node, &parsed.path).await?;
-    if let files::Route::Peer(owner) = files::route(&node, &entry) {
-        ensure_not_proxied(&identity)?;
+pub async fn get(
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    parsed: ParsedPath,
+) -> Result<HttpResponse, ApiError> {
+    let entry = files::read_entry(node, &parsed.path).await?;
+    if let files::Route::Peer(owner) = files::route(node, &entry) {
+        ensure_not_proxied(identity)?;
         let ops = (CrossServerOp::ProxyRead, BackendOp::Open);
-        return forward(&req, &node, to_owner(owner, "GET", &parsed.path, &identity, ops)).await;
+        return forward(req, node, to_owner(owner, "GET", &parsed.path, identity, ops)).await;
     }
     let mut res = HttpResponse::Ok();
     metadata_headers(&mut res, &entry);
     if entry.is_dir() {
-        let children = files::list_children(&node, &entry).await?;
+        let children = files::list_children(node, &entry).await?;
         let items: Vec<_> = children.iter().map(item).collect();
         return Ok(res.body(serde_json::Value::Array(items).to_string()));
     }
     let conditions = Conditions {
-        range: header_str(&req, header::RANGE),
-        if_range: header_str(&req, header::IF_RANGE),
-        if_none_match: header_str(&req, header::IF_NONE_MATCH),
-        if_modified_since: header_str(&req, header::IF_MODIFIED_SINCE),
+        range: header_str(req, header::RANGE),
+        if_range: header_str(req, header::IF_RANGE),
+        if_none_match: header_str(req, header::IF_NONE_MATCH),
+        if_modified_since: header_str(req, header::IF_MODIFIED_SINCE),
     };
     let etag = entry.etag();
     let validators = Validators { etag: &etag, mtime: entry.mtime };
-    let (offset, len, partial) = match plan(&conditions, &validators, entry.size as u64) {
-        Plan::NotModified => {
-            let mut res = HttpResponse::NotModified();
-            metadata_headers(&mut res, &entry);
-            return Ok(res.finish());
-        }
-        Plan::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(entry.size as u64)),
-        Plan::Full => (0, None, false),
-        Plan::Partial { first, last } => (first, Some(last - first + 1), true),
-    };
-    let download = files::open_range(&node, &entry, offset, len).await?;
-    if partial {
-        let last = offset + len.unwrap_or(0) - 1;
-        res.status(StatusCode::PARTIAL_CONTENT).insert_header((
-            header::CONTENT_RANGE,
-            format!("bytes {offset}-{}/{}", last.min(download.total.saturating_sub(1)), download.total),
-        ));
+    if plan(&conditions, &validators, entry.size as u64) == Plan::NotModified {
+        let mut res = HttpResponse::NotModified();
+        metadata_headers(&mut res, &entry);
+        return Ok(res.finish());
     }
-    Ok(match download.content {
-        Content::Inline(bytes) => res.body(bytes),
-        Content::Stream(stream) => {
-            let len = len.unwrap_or(download.total - offset);
-            res.no_chunking(len).streaming(stream)
+    // Ranges are cut from the bytes actually opened, whatever the row said.
+    let opened = files::open(node, &entry).await?;
+    let total = opened.total;
+    let (offset, len) = match plan(&conditions, &validators, total) {
+        Plan::NotModified | Plan::Full => (0, total),
+        Plan::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(total)),
+        Plan::Partial { first, last } => {
+            res.status(StatusCode::PARTIAL_CONTENT)
+                .insert_header((header::CONTENT_RANGE, format!("bytes {first}-{last}/{total}")));
+            (first, last - first + 1)
         }
+    };
+    Ok(match opened.range(offset, len) {
+        Content::Inline(bytes) => res.body(bytes),
+        Content::Stream(stream, len) => res.no_chunking(len).streaming(stream),
     })
 }
 
-pub async fn head(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, PREFIX)?;
-    let entry = files::read_entry(&node, &parsed.path).await?;
-    if let files::Route::Peer(owner) = files::route(&node, &entry) {
-        ensure_not_proxied(&identity)?;
+pub async fn head(
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    parsed: ParsedPath,
+) -> Result<HttpResponse, ApiError> {
+    let entry = files::read_entry(node, &parsed.path).await?;
+    if let files::Route::Peer(owner) = files::route(node, &entry) {
+        ensure_not_proxied(identity)?;
         let ops = (CrossServerOp::ProxyHead, BackendOp::Stat);
-        return forward(&req, &node, to_owner(owner, "HEAD", &parsed.path, &identity, ops)).await;
+        return forward(req, node, to_owner(owner, "HEAD", &parsed.path, identity, ops)).await;
     }
     let mut res = HttpResponse::Ok();
     metadata_headers(&mut res, &entry);
@@ -169,61 +175,71 @@ pub async fn head(req: HttpRequest, node: web::Data<Node>, identity: Identity) -
 }
 
 pub async fn post(
-    req: HttpRequest,
-    node: web::Data<Node>,
-    identity: Identity,
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    parsed: ParsedPath,
+    ctx: &RequestContext,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, PREFIX)?;
     if parsed.directory_form {
-        let created = files::create_directory(&node, &identity, &parsed.path).await?;
+        let created = files::create_directory(node, identity, &parsed.path).await?;
         return Ok(if created { HttpResponse::Created().finish() } else { HttpResponse::Ok().finish() });
     }
-    let length = content_length(&req);
-    let plan = files::plan_write(&node, &identity, &parsed.path, WriteMode::CreateOnly, length).await?;
+    let length = content_length(req);
+    let plan = files::plan_write(node, identity, &parsed.path, WriteMode::CreateOnly, length).await?;
     let WritePlan::Local(existing) = plan else {
         return Err(ApiError::Internal("a create was routed to another node".into()));
     };
-    files::write_file(&node, &identity, &parsed.path, WriteMode::CreateOnly, existing, payload).await?;
+    let _slot = node.upload_slots.admit(ctx.client_ip)?;
+    let body = files::body_stream(payload, node.settings.read_timeout);
+    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, existing, body).await?;
     Ok(HttpResponse::Created().finish())
 }
 
 pub async fn put(
-    req: HttpRequest,
-    node: web::Data<Node>,
-    identity: Identity,
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    parsed: ParsedPath,
+    ctx: &RequestContext,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, PREFIX)?;
     if parsed.directory_form || parsed.path.is_root() {
         return Err(ApiError::BadRequest("PUT needs a file path, not a directory".into()));
     }
-    let length = content_length(&req);
+    let length = content_length(req);
     let mode = WriteMode::CreateOrReplace;
-    let existing = match files::plan_write(&node, &identity, &parsed.path, mode, length).await? {
+    let existing = match files::plan_write(node, identity, &parsed.path, mode, length).await? {
         WritePlan::Local(existing) => existing,
         WritePlan::Forward(owner) => {
-            ensure_not_proxied(&identity)?;
+            ensure_not_proxied(identity)?;
             let ops = (CrossServerOp::ProxyWrite, BackendOp::Update);
-            let f = Forward { payload: Some(payload), ..to_owner(owner, "PUT", &parsed.path, &identity, ops) };
-            return forward(&req, &node, f).await;
+            let f = Forward { payload: Some(payload), ..to_owner(owner, "PUT", &parsed.path, identity, ops) };
+            return forward(req, node, f).await;
         }
     };
-    let written = files::write_file(&node, &identity, &parsed.path, mode, existing, payload).await?;
+    let _slot = node.upload_slots.admit(ctx.client_ip)?;
+    let body = files::body_stream(payload, node.settings.read_timeout);
+    let written = files::write_file(node, identity, &parsed.path, mode, existing, body).await?;
     Ok(match written {
         Written::Created => HttpResponse::Created().finish(),
         Written::Replaced => HttpResponse::Ok().finish(),
     })
 }
 
-pub async fn delete(req: HttpRequest, node: web::Data<Node>, identity: Identity) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, PREFIX)?;
-    if let Err(owner) = files::plan_delete(&node, &identity, &parsed.path).await? {
-        ensure_not_proxied(&identity)?;
+pub async fn delete(
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    parsed: ParsedPath,
+) -> Result<HttpResponse, ApiError> {
+    if let Err(owner) = files::plan_delete(node, identity, &parsed.path).await? {
+        ensure_not_proxied(identity)?;
         let ops = (CrossServerOp::ProxyDelete, BackendOp::Delete);
-        return forward(&req, &node, to_owner(owner, "DELETE", &parsed.path, &identity, ops)).await;
+        return forward(req, node, to_owner(owner, "DELETE", &parsed.path, identity, ops)).await;
     }
-    files::delete_entry(&node, &parsed.path).await?;
+    files::delete_entry(node, identity, &parsed.path).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -240,26 +256,24 @@ struct PatchBody {
 }
 
 pub async fn patch(
-    req: HttpRequest,
-    node: web::Data<Node>,
-    identity: Identity,
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    parsed: ParsedPath,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed = path_under(&req, PREFIX)?;
-    let body = read_limited(payload, PATCH_BODY_LIMIT).await?;
-    let body: PatchBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let request = move_request(&req, parsed.path, body)?;
-    let owner = match files::plan_move(&node, &identity, &request).await? {
+    let body: PatchBody = read_json_object(payload, PATCH_BODY_LIMIT, node.settings.read_timeout).await?;
+    let request = move_request(req, parsed.path, body)?;
+    let owner = match files::plan_move(node, identity, &request).await? {
         MovePlan::Local => None,
         MovePlan::Relocate => {
-            let destination = files::relocate_entry(&node, request).await?;
+            let destination = files::relocate_entry(node, identity, request).await?;
             return Ok(HttpResponse::Ok().json(json!({"path": destination.as_str()})));
         }
         MovePlan::Forward(owner) => Some(owner),
     };
     if let Some(owner) = owner {
-        ensure_not_proxied(&identity)?;
+        ensure_not_proxied(identity)?;
         let mut body = json!({
             "destination": request.destination.as_str(),
             "overwrite": request.overwrite,
@@ -271,11 +285,11 @@ pub async fn patch(
         let ops = (CrossServerOp::ProxyMove, BackendOp::Move);
         let f = Forward {
             json: Some(Bytes::from(body.to_string())),
-            ..to_owner(owner, "PATCH", &request.source, &identity, ops)
+            ..to_owner(owner, "PATCH", &request.source, identity, ops)
         };
-        return forward(&req, &node, f).await;
+        return forward(req, node, f).await;
     }
-    let destination = files::move_entry(&node, request).await?;
+    let destination = files::move_entry(node, identity, request).await?;
     Ok(HttpResponse::Ok().json(json!({"path": destination.as_str()})))
 }
 
@@ -307,15 +321,27 @@ fn move_request(
     })
 }
 
-/// Reads a small JSON body, refusing more than `limit` bytes.
-pub async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a small JSON body that must be an object: at most `limit` bytes, each read within
+/// `inactivity` (`server.read_timeout`, else 408).
+pub async fn read_json_object<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+    limit: usize,
+    inactivity: Duration,
+) -> Result<T, ApiError> {
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout(inactivity, payload.next()).await.map_err(|_| ApiError::RequestTimeout)?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::BadRequest(format!("JSON body larger than {limit} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("the JSON body must be an object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }

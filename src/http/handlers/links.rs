@@ -3,9 +3,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use callfs_actors::metadata::{ConsumeLink, CreateLink, GetLink};
-use callfs_actors::metrics::{
-    BackendOp, CrossServerOp, LimiterLabel, LimiterLabels, LinkConsumptionLabels, LinkStatus,
-};
+use callfs_actors::metrics::{BackendOp, CrossServerOp, LinkConsumptionLabels, LinkStatus};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
@@ -14,22 +12,14 @@ use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::files::{self, Content};
 use crate::http::forward::{files_url, forward, Forward};
-use crate::http::handlers::files::read_limited;
+use crate::http::handlers::files::read_json_object;
 use crate::http::middleware::RequestContext;
 use crate::links::content_disposition;
 use crate::node::Node;
 use crate::path::parse_json_path;
-use crate::rate_limit::RateLimiter;
 
 const BODY_LIMIT: usize = 4096;
 const MAX_EXPIRY_SECONDS: i64 = 86_400;
-
-fn limit(node: &Node, limiter: &RateLimiter, label: LimiterLabel, ctx: &RequestContext) -> Result<(), ApiError> {
-    limiter.check(ctx.client_ip).map_err(|retry_after| {
-        node.metrics.rate_limited.get_or_create(&LimiterLabels { limiter: label }).inc();
-        ApiError::RateLimited(retry_after)
-    })
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,16 +28,8 @@ struct GenerateBody {
     expiry_seconds: Option<serde_json::Value>,
 }
 
-pub async fn generate(
-    node: web::Data<Node>,
-    identity: Identity,
-    ctx: RequestContext,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    limit(&node, &node.link_limiter, LimiterLabel::Links, &ctx)?;
-    let body = read_limited(payload, BODY_LIMIT).await?;
-    let body: GenerateBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+pub async fn generate(node: &Node, identity: &Identity, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body: GenerateBody = read_json_object(payload, BODY_LIMIT, node.settings.read_timeout).await?;
     let raw_path =
         body.path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::BadRequest("path is required".into()))?;
     let path = parse_json_path(&raw_path)?.path;
@@ -57,7 +39,7 @@ pub async fn generate(
         .and_then(serde_json::Value::as_i64)
         .filter(|s| (1..=MAX_EXPIRY_SECONDS).contains(s))
         .ok_or_else(|| ApiError::BadRequest("expiry_seconds must be an integer from 1 to 86400".into()))?;
-    let entry = files::read_entry(&node, &path).await?;
+    let entry = files::read_entry(node, &path).await?;
     if entry.is_dir() {
         return Err(ApiError::BadRequest("links can only be generated for files".into()));
     }
@@ -87,41 +69,48 @@ fn consumption(node: &Node, status: LinkStatus) {
     node.metrics.link_consumptions.get_or_create(&LinkConsumptionLabels { status }).inc();
 }
 
-pub async fn download(req: HttpRequest, node: web::Data<Node>, ctx: RequestContext) -> Result<HttpResponse, ApiError> {
-    limit(&node, &node.download_limiter, LimiterLabel::Downloads, &ctx)?;
-    let token = req.match_info().get("token").unwrap_or_default().to_string();
-    let Some(link) = node.meta(GetLink { token: token.clone() }).await? else {
-        consumption(&node, LinkStatus::NotFound);
+pub async fn download(
+    req: &HttpRequest,
+    node: &Node,
+    ctx: &RequestContext,
+    token: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let link = match &token {
+        Some(token) => node.meta(GetLink { token: token.clone() }).await?,
+        None => None,
+    };
+    let (Some(link), Some(token)) = (link, token) else {
+        consumption(node, LinkStatus::NotFound);
         return Err(ApiError::LinkNotFound);
     };
     if link.expires_at <= Utc::now().naive_utc() {
-        consumption(&node, LinkStatus::Expired);
+        consumption(node, LinkStatus::Expired);
         return Err(ApiError::LinkGone("LINK_EXPIRED", "the link has expired"));
     }
     if link.status != "active" {
-        consumption(&node, LinkStatus::Invalid);
+        consumption(node, LinkStatus::Invalid);
         return Err(ApiError::LinkGone("LINK_USED", "the link has already been used"));
     }
     if !node.link_key.verify(&token, &link.file_path) {
-        consumption(&node, LinkStatus::Invalid);
+        consumption(node, LinkStatus::Invalid);
         return Err(ApiError::LinkGone("LINK_INVALID", "the link signature does not verify"));
     }
     if !node.meta(ConsumeLink { token: token.clone(), client_ip: ctx.client_ip.to_string() }).await? {
-        consumption(&node, LinkStatus::Invalid);
+        consumption(node, LinkStatus::Invalid);
         return Err(ApiError::LinkGone("LINK_USED", "the link has already been used"));
     }
-    consumption(&node, LinkStatus::Success);
+    consumption(node, LinkStatus::Success);
     let short = crate::logging::short_token(&token);
     let ip = ctx.client_ip.to_string();
     log::info!(path = link.file_path.as_str(), client_ip = ip.as_str(), token = short.as_str(); "link consumed");
 
     let path = parse_json_path(&link.file_path)?.path;
-    let entry = files::read_entry(&node, &path).await?;
+    let entry = files::read_entry(node, &path).await?;
     if entry.is_dir() {
         return Err(ApiError::FileNotFound);
     }
     let disposition = content_disposition(&link.file_path);
-    if let files::Route::Peer(owner) = files::route(&node, &entry) {
+    if let files::Route::Peer(owner) = files::route(node, &entry) {
         let f = Forward {
             peer: owner,
             method: "GET",
@@ -133,7 +122,7 @@ pub async fn download(req: HttpRequest, node: web::Data<Node>, ctx: RequestConte
             json: None,
             client_headers: false,
         };
-        let mut res = forward(&req, &node, f).await?;
+        let mut res = forward(req, node, f).await?;
         if res.status().is_success() {
             let headers = res.headers_mut();
             headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
@@ -144,13 +133,13 @@ pub async fn download(req: HttpRequest, node: web::Data<Node>, ctx: RequestConte
         }
         return Ok(res);
     }
-    let download = files::open_range(&node, &entry, 0, None).await?;
+    let content = files::open(node, &entry).await?.whole();
     let mut res = HttpResponse::Ok();
     res.content_type("application/octet-stream")
         .insert_header((header::CONTENT_DISPOSITION, disposition))
         .insert_header((header::CACHE_CONTROL, "no-store"));
-    Ok(match download.content {
+    Ok(match content {
         Content::Inline(bytes) => res.body(bytes),
-        Content::Stream(stream) => res.no_chunking(download.total).streaming(stream),
+        Content::Stream(stream, len) => res.no_chunking(len).streaming(stream),
     })
 }

@@ -18,15 +18,24 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(r#"{"status":"ok"}"#)
 }
 
-fn verdict<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::time::error::Elapsed>) -> String {
+/// A short, path-free verdict for the unauthenticated body; the detail goes to the log.
+fn verdict<E: std::fmt::Display>(check: &str, result: Result<Result<(), E>, tokio::time::error::Elapsed>) -> String {
     match result {
         Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(err)) => format!("failed: {err}"),
+        Ok(Err(err)) => {
+            let detail = err.to_string();
+            log::warn!(check = check, error = detail.as_str(); "readiness check failed");
+            "failed: unavailable".to_string()
+        }
         Err(_) => "failed: timed out".to_string(),
     }
 }
 
 pub async fn ready(node: web::Data<Node>) -> HttpResponse {
+    ready_on(&node).await
+}
+
+async fn ready_on(node: &Node) -> HttpResponse {
     let metadata = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
         node.metadata.send(Ping).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
     });
@@ -46,11 +55,11 @@ pub async fn ready(node: web::Data<Node>) -> HttpResponse {
     };
     let (metadata, localfs, locks) = tokio::join!(metadata, localfs, locks);
     let mut checks = Map::new();
-    checks.insert("metadata_store".into(), Value::String(verdict(metadata)));
+    checks.insert("metadata_store".into(), Value::String(verdict("metadata_store", metadata)));
     if let Some(locks) = locks {
-        checks.insert("locks".into(), Value::String(verdict(locks)));
+        checks.insert("locks".into(), Value::String(verdict("locks", locks)));
     }
-    checks.insert("localfs".into(), Value::String(verdict(localfs)));
+    checks.insert("localfs".into(), Value::String(verdict("localfs", localfs)));
     let ok = checks.values().all(|v| v == "ok");
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
     let mut res = if ok { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
@@ -58,6 +67,10 @@ pub async fn ready(node: web::Data<Node>) -> HttpResponse {
 }
 
 pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    metrics_on(&node).await
+}
+
+pub async fn metrics_on(node: &Node) -> Result<HttpResponse, ApiError> {
     let text = node
         .metrics_actor
         .send(RenderMetrics)
