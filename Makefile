@@ -11,21 +11,35 @@ AMTOOL ?= amtool
 # extra arguments for the test binaries, e.g. make test TEST_ARGS='--nocapture'
 TEST_ARGS ?=
 
-.PHONY: build run lint test deps check-alerts check-alertmanager bench bench-proxy cluster cluster-down
+.PHONY: build run lint check test deps deps-build check-alerts check-alertmanager bench bench-proxy cluster cluster-down
 
+# Everything `make test` needs: the build libraries plus PostgreSQL, Prometheus and Alertmanager.
 deps:
-	scripts/ensure-deps.sh
+	scripts/ensure-deps.sh test
+
+# Only what compiling and running a node needs (pkg-config, OpenSSL and libpq headers): a SQLite
+# node uses no database server and no monitoring tools.
+deps-build:
+	scripts/ensure-deps.sh build
 
 build:
 	$(CARGO) build --release
 
-run: deps build
+run: deps-build build
 	scripts/dev-config.sh
 	exec target/release/callfs server --config .dev/config.yaml
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# The edit-test loop: formatting, clippy, unit tests and the SQLite half of the API suite, in debug
+# mode (no release build, no PostgreSQL, no Prometheus). `make test` remains what CI runs.
+check: deps-build
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --workspace --lib --bins -- --test-threads=2 $(TEST_ARGS)
+	$(CARGO) test --test api sqlite:: -- --test-threads=2 $(TEST_ARGS)
 
 # Unit + black-box tests (PostgreSQL via scripts/with-postgres.sh; tests/monitoring.rs needs
 # prometheus), then the alert rules and the Alertmanager configuration.

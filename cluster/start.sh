@@ -289,7 +289,7 @@ done
 node_pids=()
 for i in 0 1 2; do
   id=${node_ids[$i]}
-  # CALLFS_* variables of the caller override the file (config.md §1), except ours
+  # CALLFS_* variables of the caller override the file (docs/configuration.md), except ours
   nohup env -u CALLFS_CLUSTER_PG_DSN "$bin" server --config "$state/$id.yaml" >>"$state/$id.log" 2>&1 </dev/null &
   node_pids+=($!)
   record_pid "$id" "$!"

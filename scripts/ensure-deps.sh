@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Install (Debian/Ubuntu, apt) whatever callfs needs to build and test that is not present yet.
+# Usage: scripts/ensure-deps.sh [build|test]
 #
-#   build: pkg-config libssl-dev libpq-dev
-#   test:  postgresql            (initdb/pg_ctl under /usr/lib/postgresql/*/bin, psql, pg_isready)
+# Install (Debian/Ubuntu, apt) what callfs needs and is not present yet:
+#
+#   build: pkg-config libssl-dev libpq-dev   compiling and running a node: openssl-sys links OpenSSL, and
+#                                            diesel's postgres feature links libpq (pq-sys, not bundled)
+#   test (the default): build, plus
+#          postgresql            (initdb/pg_ctl under /usr/lib/postgresql/*/bin, psql, pg_isready)
 #          prometheus            (prometheus server + promtool)
 #          prometheus-alertmanager (amtool, for `amtool check-config cluster/alertmanager.yml`)
 #
+# `make run` and `make check` use `build`; `make test` and cluster/start.sh use `test`.
 # Idempotent and quiet when everything is there; `apt-get update` runs only when something has to
 # be installed. Needs root (or passwordless sudo) only in that case.
 set -euo pipefail
@@ -19,7 +24,14 @@ declare -A provides=(
   [prometheus]="promtool"
   [prometheus-alertmanager]="amtool"
 )
-order=(pkg-config libssl-dev libpq-dev postgresql prometheus prometheus-alertmanager)
+case ${1:-test} in
+  build) order=(pkg-config libssl-dev libpq-dev) ;;
+  test) order=(pkg-config libssl-dev libpq-dev postgresql prometheus prometheus-alertmanager) ;;
+  *)
+    echo "usage: $0 [build|test]" >&2
+    exit 2
+    ;;
+esac
 
 have_initdb() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
