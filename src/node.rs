@@ -29,6 +29,7 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     pub max_header_bytes: u64,
     pub read_timeout: Duration,
+    pub write_timeout: Duration,
     pub file_op_timeout: Duration,
     pub metadata_op_timeout: Duration,
     pub lock_timeout: Duration,

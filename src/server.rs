@@ -59,6 +59,7 @@ fn settings(config: &Config) -> Settings {
         max_upload_bytes: config.server.max_upload_bytes,
         max_header_bytes: config.server.max_header_bytes,
         read_timeout: config.server.read_timeout,
+        write_timeout: config.server.write_timeout,
         file_op_timeout: config.server.file_op_timeout,
         metadata_op_timeout: config.server.metadata_op_timeout,
         lock_timeout: config.dlm.acquire_timeout,
@@ -183,6 +184,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .wrap(Pipeline)
             .configure(routes::configure)
     })
+    .on_connect(crate::http::stall::record_socket)
     .client_request_timeout(config.server.read_timeout)
     .keep_alive(config.server.idle_timeout)
     .client_disconnect_timeout(Duration::from_secs(1))

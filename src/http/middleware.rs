@@ -21,6 +21,7 @@ use crate::correlation::{request_id, TraceContext};
 use crate::error::ApiError;
 use crate::http::endpoint::{Endpoint, Guard, Limiter};
 use crate::http::routes::Classified;
+use crate::http::stall::{self, ConnectionFd, Progress};
 use crate::logging::format_duration;
 use crate::node::Node;
 use crate::rate_limit::client_ip;
@@ -119,7 +120,20 @@ where
             decorate(res.headers_mut(), &record, secure);
             record.status = res.status().as_u16();
             record.head_request = res.request().method() == actix_web::http::Method::HEAD;
-            Ok(res.map_body(|_, body| RecordedBody { body, record: Some(record), failed: false }))
+            let large = match res.response().body().size() {
+                BodySize::Stream => true,
+                BodySize::Sized(n) => n > WATCHED_BODY_BYTES,
+                BodySize::None => false,
+            };
+            let fd = res.request().conn_data::<ConnectionFd>().copied();
+            let stall = fd.filter(|_| large && !record.head_request).map(|fd| (fd, node.settings.write_timeout));
+            Ok(res.map_body(|_, body| RecordedBody {
+                body,
+                record: Some(record),
+                failed: false,
+                stall,
+                progress: None,
+            }))
         })
     }
 }
@@ -288,7 +302,13 @@ pub struct RecordedBody {
     body: BoxBody,
     record: Option<Record>,
     failed: bool,
+    /// Armed for bodies large enough to outlast the socket buffer (`server.write_timeout`).
+    stall: Option<(ConnectionFd, Duration)>,
+    progress: Option<Rc<Progress>>,
 }
+
+/// Bodies up to this size fit the socket buffers; only larger ones get a stall watchdog.
+const WATCHED_BODY_BYTES: u64 = 256 * 1024;
 
 impl MessageBody for RecordedBody {
     type Error = Box<dyn std::error::Error>;
@@ -299,7 +319,17 @@ impl MessageBody for RecordedBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = &mut *self;
+        if let Some(progress) = &this.progress {
+            progress.touch();
+        } else if let Some((fd, timeout)) = this.stall.take() {
+            this.progress = Some(stall::watch(fd, timeout));
+        }
         let polled = Pin::new(&mut this.body).poll_next(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            if let Some(progress) = this.progress.take() {
+                progress.finish();
+            }
+        }
         match &polled {
             Poll::Ready(None) => {
                 if let Some(record) = this.record.as_mut() {
@@ -321,6 +351,9 @@ impl MessageBody for RecordedBody {
 
 impl Drop for RecordedBody {
     fn drop(&mut self) {
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
+        }
         // A body that was never polled to its end (client gone, HEAD) finishes the record here.
         if let Some(record) = self.record.as_mut() {
             if matches!(self.body.size(), BodySize::None | BodySize::Sized(0)) {

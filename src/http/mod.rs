@@ -7,3 +7,4 @@ pub mod forward;
 pub mod handlers;
 pub mod middleware;
 pub mod routes;
+pub mod stall;
