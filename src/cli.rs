@@ -28,6 +28,15 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Compare this node's blobs with the metadata: rows without bytes, unreferenced blobs
+    Fsck {
+        /// Configuration file (YAML, or JSON with a .json extension); must exist
+        #[arg(short = 'c', long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Delete unreferenced blobs older than one hour
+        #[arg(long)]
+        repair: bool,
+    },
     /// Print the version
     Version,
 }

@@ -205,6 +205,7 @@ impl From<ActorError> for ApiError {
             ActorError::IsADirectory => ApiError::BadRequest("the path is a directory".into()),
             ActorError::Locked => ApiError::ResourceLocked,
             ActorError::LeaseLost => ApiError::Internal("path lock lease lost".into()),
+            ActorError::Changed => ApiError::ResourceChanged("the file changed during the operation; retry".into()),
             ActorError::InvalidInput(msg) => ApiError::BadRequest(msg),
             ActorError::OutsideRoot => ApiError::PermissionDenied("path resolves outside the storage root".into()),
             ActorError::InsufficientStorage => ApiError::InsufficientStorage,

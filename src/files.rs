@@ -1,19 +1,21 @@
-//! File and directory operations (api.md §8, storage.md §2): authorisation, existence rules, the
-//! bytes-first-then-metadata ordering and the path locks. Handlers call these and build responses.
+//! File and directory operations: authorisation, existence rules, path locks and the commits.
+//! Bytes live in immutable blobs named by generated ids; a content write stages a new blob and
+//! switches the row to it in one transaction, and renames and moves touch metadata only. Handlers
+//! call these and build responses.
 
 use std::time::{Duration, Instant};
 
 use actix_web::web::Payload;
 use bytes::Bytes;
 use bytes::BytesMut;
+use callfs_actors::locks::LockGuard;
 use callfs_actors::metadata::{
-    CreateEntry, DeleteEntry, GetEntries, GetEntry, Inode, ListChildren, ListSubtree, NewEntry, RenameEntry,
-    UpdateContent,
+    BlobRef, CreateEntry, DeleteEntry, DropIntent, Fence, GetEntries, GetEntry, Inode, ListChildren, ListSubtree,
+    NewEntry, RecordIntent, RenameEntry, SwitchBlob, TouchIntent,
 };
 use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
 use callfs_actors::storage::localfs::{
-    DeleteFile, DiscardFile, FileChunks, MakeDir, MovePath, OpenFile, OpenStaging, PublishFile, RemoveDir, StagedFile,
-    Staging,
+    is_blob_id, new_blob_id, DeleteBlob, DiscardTemp, FileChunks, OpenBlob, OpenStaging, PublishBlob, StagedBlob,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -187,7 +189,7 @@ pub async fn plan_write(
     Ok(plan)
 }
 
-/// Streams an upload to a temporary file, then publishes it under the path lock and commits the row.
+/// Streams an upload into a new blob, then commits it under the path lock (storage.md §2).
 pub async fn write_file(
     node: &Node,
     identity: &Identity,
@@ -232,84 +234,106 @@ fn backend_ok<T>(result: &Result<T, ApiError>) -> bool {
     !matches!(result, Err(ApiError::Storage(_) | ApiError::InsufficientStorage | ApiError::BackendUnavailable(_)))
 }
 
-/// A staged file that removes itself unless it was published: cleanup is a value, not a call on
-/// every error path.
-struct StagedGuard<'a> {
+/// A new blob of this node that no row references yet: unless committed (or left to the sweep
+/// after an ambiguous commit), dropping it deletes the bytes and the intent. Cleanup is a value,
+/// not a call on every error path.
+struct NewBlob<'a> {
     node: &'a Node,
-    staged: Option<StagedFile>,
+    blob: String,
+    /// The temporary file while the blob is not yet published.
+    temp: Option<std::path::PathBuf>,
+    size: u64,
+    armed: bool,
 }
 
-impl StagedGuard<'_> {
-    fn file(&self) -> &StagedFile {
-        self.staged.as_ref().expect("a guard holds its file until published")
+impl NewBlob<'_> {
+    /// Settled by a commit: the row references it and the intent is gone.
+    fn committed(mut self) {
+        self.armed = false;
     }
 
-    /// Renames the bytes to their final name; from then on they belong to whatever commits them.
-    async fn publish(mut self) -> Result<StagedFile, ApiError> {
-        let file = self.file();
-        node_disk_publish(self.node, file).await?;
-        Ok(self.staged.take().expect("a guard holds its file until published"))
+    /// The commit's outcome is unknown: the intent (or the row) settles it later, nothing is deleted.
+    fn left_to_the_sweep(mut self) {
+        self.armed = false;
+    }
+
+    /// Moves the complete temporary file to its blob location.
+    async fn publish(&mut self, staged: StagedBlob) -> Result<(), ApiError> {
+        node_publish(self.node, staged).await?;
+        self.temp = None;
+        Ok(())
     }
 }
 
-impl Drop for StagedGuard<'_> {
+impl Drop for NewBlob<'_> {
     fn drop(&mut self) {
-        if let Some(staged) = self.staged.take() {
-            self.node.localfs.do_send(DiscardFile { path: staged.temp });
+        if !self.armed {
+            return;
         }
+        match self.temp.take() {
+            Some(temp) => self.node.localfs.do_send(DiscardTemp { path: temp }),
+            None => self.node.localfs.do_send(DeleteBlob { blob: self.blob.clone() }),
+        }
+        self.node.metadata.do_send(DropIntent { blob: self.blob.clone() });
     }
 }
 
-async fn node_disk_publish(node: &Node, file: &StagedFile) -> Result<(), ApiError> {
-    node.disk(PublishFile { temp: file.temp.clone(), target: file.target.clone() }).await
+async fn node_publish(node: &Node, staged: StagedBlob) -> Result<(), ApiError> {
+    node.disk(PublishBlob { staged }).await
 }
 
-/// Writes `body` into a new temporary file for `path`, chunk by chunk, never holding a thread
-/// between chunks. At most `max_bytes` are accepted.
-async fn stage<'a>(
+/// True when a failed metadata call may still have committed (timeout, lost connection).
+fn ambiguous(err: &ApiError) -> bool {
+    matches!(err, ApiError::MetadataUnavailable(_))
+}
+
+/// How often a long upload refreshes its intent, so the sweep never takes it for abandoned.
+const INTENT_TOUCH: Duration = Duration::from_secs(60);
+
+/// Writes `body` into a new blob of this node: intent first, then the bytes into `tmp/`, chunk by
+/// chunk (never holding a thread between chunks), fsync, then the blob's final name. At most
+/// `max_bytes` are accepted.
+async fn write_blob<'a>(
     node: &'a Node,
-    path: &CanonicalPath,
     mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
     max_bytes: u64,
-) -> Result<StagedGuard<'a>, ApiError> {
-    let mut staging = node.disk(OpenStaging { path: path.as_str().to_string() }).await?;
-    let discard = |staging: Staging| node.localfs.do_send(DiscardFile { path: staging.temp });
+) -> Result<NewBlob<'a>, ApiError> {
+    let blob = new_blob_id();
+    let me = Some(node.settings.instance_id.clone());
+    let intent = BlobRef { blob: blob.clone(), backend_type: "localfs".into(), instance_id: me };
+    node.meta(RecordIntent { blob: intent }).await?;
+    let mut new = NewBlob { node, blob: blob.clone(), temp: None, size: 0, armed: true };
+    let mut staging = node.disk(OpenStaging { blob }).await?;
+    new.temp = Some(staging.temp.clone());
     let mut buffer = BytesMut::new();
+    let mut touched = Instant::now();
     loop {
-        let next = body.next().await;
-        let done = match next {
+        let done = match body.next().await {
             None => true,
             Some(Ok(chunk)) => {
                 if staging.size + (buffer.len() + chunk.len()) as u64 > max_bytes {
-                    discard(staging);
                     return Err(ApiError::PayloadTooLarge);
                 }
                 buffer.extend_from_slice(&chunk);
                 false
             }
-            Some(Err(err)) => {
-                discard(staging);
-                return Err(err);
-            }
+            Some(Err(err)) => return Err(err),
         };
         if (done && !buffer.is_empty()) || buffer.len() >= WRITE_UNIT {
-            if let Err(err) = staging.write(buffer.split().freeze()).await {
-                discard(staging);
-                return Err(err.into());
-            }
+            staging.write(buffer.split().freeze()).await?;
+        }
+        if touched.elapsed() >= INTENT_TOUCH {
+            touched = Instant::now();
+            node.metadata.do_send(TouchIntent { blob: new.blob.clone() });
         }
         if done {
             break;
         }
     }
-    let temp = staging.temp.clone();
-    match staging.finish().await {
-        Ok(staged) => Ok(StagedGuard { node, staged: Some(staged) }),
-        Err(err) => {
-            node.localfs.do_send(DiscardFile { path: temp });
-            Err(err.into())
-        }
-    }
+    let staged = staging.finish().await?;
+    new.size = staged.size;
+    new.publish(staged).await?;
+    Ok(new)
 }
 
 async fn stage_and_commit(
@@ -319,57 +343,66 @@ async fn stage_and_commit(
     mode: WriteMode,
     body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
-    let staged = stage(node, path, body, node.settings.max_upload_bytes).await?;
+    let new = write_blob(node, body, node.settings.max_upload_bytes).await?;
     let lock = node.lock(path.as_str()).await?;
-    lock.verify().await?;
     // Decide again under the lock: the path may have been created, replaced or moved since the
     // plan, and whatever is there now is what this write is authorised against.
     let lineage = lineage(node, path).await?;
     check_write(identity, &lineage)?;
     let replace = match check_writable_target(node, &lineage, mode)? {
         WritePlan::Local(now) => now,
-        WritePlan::Forward(_) => {
-            return Err(ApiError::ResourceChanged("the file moved to another node meanwhile; retry".into()))
-        }
+        // Created (or moved) on another node since the plan: the new content is already a blob
+        // here, so the row simply switches to it; the old blob goes to its node's garbage.
+        WritePlan::Forward(_) => lineage.target.clone().map(Box::new),
     };
     if lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
     }
-    let size = staged.file().size as i64;
-    let published = staged.publish().await?;
-    match replace {
+    let fences: Vec<Fence> = lock.fence().into_iter().collect();
+    let me = Some(node.settings.instance_id.clone());
+    let committed = match replace {
         Some(entry) => {
-            node.meta(UpdateContent { id: entry.id, size }).await?;
-            Ok(Written::Replaced)
+            let switch = SwitchBlob {
+                id: entry.id,
+                expect_version: entry.content_version,
+                expect_blob: None,
+                blob: new.blob.clone(),
+                size: new.size as i64,
+                backend_type: "localfs".into(),
+                instance_id: me,
+                content_write: true,
+                fences,
+            };
+            node.meta(switch).await.map(|_| Written::Replaced)
         }
         None => {
             let entry = NewEntry {
                 path: path.as_str().to_string(),
                 is_dir: false,
-                size,
+                size: new.size as i64,
                 owner: identity.user_id.clone(),
                 backend_type: "localfs".into(),
-                instance_id: Some(node.settings.instance_id.clone()),
+                instance_id: me,
+                blob: Some(new.blob.clone()),
             };
-            match node.meta(CreateEntry { entry }).await {
-                Ok(_) => Ok(Written::Created),
-                // The row certainly did not land: its bytes must not outlive it.
-                Err(err @ (ApiError::AlreadyExists(_) | ApiError::NotADirectory | ApiError::BadRequest(_))) => {
-                    node.localfs.do_send(DiscardFile { path: published.target });
-                    Err(match err {
-                        ApiError::AlreadyExists(_) => {
-                            ApiError::AlreadyExists("the path was created concurrently".into())
-                        }
-                        other => other,
-                    })
-                }
-                // Ambiguous (a timeout, a lost connection): the row may still commit, so the bytes stay.
-                Err(err) => {
-                    log::warn!(path = path.as_str(), error = err.to_string().as_str(); "create outcome unknown; bytes kept");
-                    Err(err)
-                }
-            }
+            node.meta(CreateEntry { entry, fences }).await.map(|_| Written::Created).map_err(|err| match err {
+                ApiError::AlreadyExists(_) => ApiError::AlreadyExists("the path was created concurrently".into()),
+                other => other,
+            })
         }
+    };
+    match committed {
+        Ok(written) => {
+            new.committed();
+            Ok(written)
+        }
+        Err(err) if ambiguous(&err) => {
+            log::warn!(path = path.as_str(), blob = new.blob.as_str(), error = err.to_string().as_str(); "commit outcome unknown; the sweep settles the blob");
+            new.left_to_the_sweep();
+            Err(err)
+        }
+        // Definitely not committed: the new blob is deleted as `new` drops.
+        Err(err) => Err(err),
     }
 }
 
@@ -395,6 +428,8 @@ pub async fn create_directory(node: &Node, identity: &Identity, path: &Canonical
     if path.is_root() {
         return Ok(false);
     }
+    // One decision, under the lock: what is there now is what this create is authorised against.
+    let lock = node.lock(path.as_str()).await?;
     let lineage = lineage(node, path).await?;
     check_write(identity, &lineage)?;
     match &lineage.target {
@@ -408,11 +443,6 @@ pub async fn create_directory(node: &Node, identity: &Identity, path: &Canonical
     if lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
     }
-    let _lock = node.lock(path.as_str()).await?;
-    let started = Instant::now();
-    let made = node.disk(MakeDir { path: path.as_str().to_string() }).await;
-    node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Mkdir, backend_ok(&made), started.elapsed());
-    made?;
     let entry = NewEntry {
         path: path.as_str().to_string(),
         is_dir: true,
@@ -420,8 +450,10 @@ pub async fn create_directory(node: &Node, identity: &Identity, path: &Canonical
         owner: identity.user_id.clone(),
         backend_type: node.settings.default_backend.clone(),
         instance_id: Some(node.settings.instance_id.clone()),
+        blob: None,
     };
-    match node.meta(CreateEntry { entry }).await {
+    let fences: Vec<Fence> = lock.fence().into_iter().collect();
+    match node.meta(CreateEntry { entry, fences }).await {
         Ok(_) => Ok(true),
         Err(ApiError::AlreadyExists(_)) => match get_entry(node, path).await? {
             Some(now) if now.is_dir() => Ok(false),
@@ -448,28 +480,25 @@ pub async fn plan_delete(
     })
 }
 
-/// DELETE: the row first, then the bytes (an unlink failure leaves invisible orphan bytes).
+/// DELETE: one transaction removes the row and records its blob as garbage; the owning node's
+/// sweep deletes the bytes after the grace period.
 pub async fn delete_entry(node: &Node, identity: &Identity, path: &CanonicalPath) -> Result<(), ApiError> {
-    let _lock = node.lock(path.as_str()).await?;
+    let lock = node.lock(path.as_str()).await?;
     // Authorised against what is there now, not what the plan saw.
     let entry = read_entry(node, path).await?;
     check_delete(identity, &entry)?;
     if let Route::Peer(_) = route(node, &entry) {
         return Err(ApiError::ResourceChanged("the file moved to another node meanwhile; retry".into()));
     }
-    node.meta(DeleteEntry { id: entry.id }).await?;
-    if entry.is_dir() {
-        node.localfs.do_send(RemoveDir { path: path.as_str().to_string() });
-        return Ok(());
-    }
     let started = Instant::now();
-    let removed = node.disk(DeleteFile { path: path.as_str().to_string() }).await;
-    node.metrics.record_backend(backend_label(&entry), BackendOp::Delete, removed.is_ok(), started.elapsed());
-    if let Err(err) = removed {
-        log::warn!(backend = "localfs", key = path.as_str(), error = err.to_string().as_str(); "orphan bytes left after a failed cleanup");
-        node.metrics.record_error(ErrorKind::OrphanBytes);
+    let deleted = node.meta(DeleteEntry { id: entry.id, fences: lock.fence().into_iter().collect() }).await;
+    if entry.is_file() {
+        node.metrics.record_backend(backend_label(&entry), BackendOp::Delete, backend_ok(&deleted), started.elapsed());
     }
-    node.metrics.record_file_op(FileOp::Delete, backend_label(&entry));
+    deleted?;
+    if entry.is_file() {
+        node.metrics.record_file_op(FileOp::Delete, backend_label(&entry));
+    }
     Ok(())
 }
 
@@ -505,17 +534,42 @@ impl Opened {
     }
 }
 
-/// Opens `entry`'s bytes.
-pub async fn open(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
-    let started = Instant::now();
-    let opened = node.disk(OpenFile { path: entry.path.clone(), inline_limit: INLINE_READ_LIMIT }).await;
-    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
-    let opened = opened.inspect_err(|err| {
-        if matches!(err, ApiError::FileNotFound) {
-            log::error!(path = entry.path.as_str(), backend = "localfs"; "metadata row points at missing bytes");
-            node.metrics.record_error(ErrorKind::MissingBytes);
+/// Opens the blob of `entry`. A blob collected after its grace period (the row changed since it
+/// was read) is resolved once more from a fresh row; the row actually served is returned so that
+/// every header names the bytes sent.
+pub async fn open(node: &Node, entry: Inode) -> Result<(Inode, Opened), ApiError> {
+    match open_blob(node, &entry).await {
+        Err(ApiError::FileNotFound) => {
+            let path = crate::path::parse_json_path(&entry.path)?.path;
+            let fresh = read_entry(node, &path).await?;
+            if fresh.blob == entry.blob || !fresh.is_file() {
+                return Err(missing_bytes(node, &entry));
+            }
+            match open_blob(node, &fresh).await {
+                Ok(opened) => Ok((fresh, opened)),
+                Err(ApiError::FileNotFound) => Err(missing_bytes(node, &fresh)),
+                Err(err) => Err(err),
+            }
         }
-    })?;
+        Ok(opened) => Ok((entry, opened)),
+        Err(err) => Err(err),
+    }
+}
+
+fn missing_bytes(node: &Node, entry: &Inode) -> ApiError {
+    log::error!(path = entry.path.as_str(), blob = entry.blob.as_deref().unwrap_or(""), backend = "localfs"; "metadata row points at missing bytes");
+    node.metrics.record_error(ErrorKind::MissingBytes);
+    ApiError::FileNotFound
+}
+
+async fn open_blob(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
+    let Some(blob) = entry.blob.clone() else {
+        return Err(ApiError::FileNotFound);
+    };
+    let started = Instant::now();
+    let opened = node.disk(OpenBlob { blob, inline_limit: INLINE_READ_LIMIT }).await;
+    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
+    let opened = opened?;
     if opened.len != entry.size as u64 {
         log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.len; "stored size differs from metadata");
         node.metrics.record_error(ErrorKind::SizeMismatch);
@@ -525,6 +579,19 @@ pub async fn open(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
         None => opened.len,
     };
     node.metrics.record_file_op(FileOp::Read, backend_label(entry));
+    Ok(Opened { total, inline: opened.inline, file: opened.file })
+}
+
+/// Opens a blob of this node by id (the internal blob endpoint).
+pub async fn open_local_blob(node: &Node, blob: String) -> Result<Opened, ApiError> {
+    if !is_blob_id(&blob) {
+        return Err(ApiError::BadRequest("malformed blob id".into()));
+    }
+    let opened = node.disk(OpenBlob { blob, inline_limit: INLINE_READ_LIMIT }).await?;
+    let total = match &opened.inline {
+        Some(bytes) => bytes.len() as u64,
+        None => opened.len,
+    };
     Ok(Opened { total, inline: opened.inline, file: opened.file })
 }
 
@@ -590,11 +657,11 @@ pub struct MoveRequest {
 /// Who executes a PATCH (cluster.md §5).
 #[derive(Debug, PartialEq, Eq)]
 pub enum MovePlan {
-    /// Rename/move in place on this node.
+    /// Rename or move: metadata only, executed here whatever node holds the bytes.
     Local,
-    /// Copy the bytes to this node, then re-key (a change of `instance`).
+    /// Copy the bytes to this node into a new blob, then switch the row (a change of `instance`).
     Relocate,
-    /// Another node executes it.
+    /// The relocation target is another node: it executes the relocation.
     Forward(String),
 }
 
@@ -613,6 +680,11 @@ fn check_destination_rights(
     }
 }
 
+/// The node a PATCH relocates the file to, when it changes node.
+fn relocation_target<'a>(req: &'a MoveRequest, source: &Inode) -> Option<&'a str> {
+    req.instance.as_deref().filter(|i| source.callfs_instance_id.as_deref() != Some(*i))
+}
+
 /// PATCH checks on the receiving node (api.md §8.5 steps 4–5) and the routing of cluster.md §5.
 pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> Result<MovePlan, ApiError> {
     let source = read_entry(node, &req.source).await?;
@@ -620,12 +692,10 @@ pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     let dst_lineage = lineage(node, &req.destination).await?;
     check_destination_rights(identity, req, &source, &dst_lineage)?;
     check_move_shape(node, req, &source)?;
-    let target = req.instance.as_deref().filter(|i| source.callfs_instance_id.as_deref() != Some(*i));
-    Ok(match (target, route(node, &source)) {
-        (Some(t), _) if t != node.settings.instance_id => MovePlan::Forward(t.to_string()),
-        (Some(_), _) => MovePlan::Relocate,
-        (None, Route::Peer(owner)) => MovePlan::Forward(owner),
-        (None, Route::Local) => MovePlan::Local,
+    Ok(match relocation_target(req, &source) {
+        Some(t) if t != node.settings.instance_id => MovePlan::Forward(t.to_string()),
+        Some(_) => MovePlan::Relocate,
+        None => MovePlan::Local,
     })
 }
 
@@ -658,12 +728,7 @@ async fn check_destination(
     Ok(())
 }
 
-fn rename_message(
-    node: &Node,
-    req: &MoveRequest,
-    source: &Inode,
-    relocate_to: Option<(String, Option<String>)>,
-) -> RenameEntry {
+fn rename_message(node: &Node, req: &MoveRequest, source: &Inode, fences: Vec<Fence>) -> RenameEntry {
     RenameEntry {
         source_path: req.source.as_str().into(),
         destination_path: req.destination.as_str().into(),
@@ -676,227 +741,163 @@ fn rename_message(
             owner: source.owner.clone(),
             backend_type: node.settings.default_backend.clone(),
             instance_id: Some(node.settings.instance_id.clone()),
+            blob: None,
         },
-        relocate_to,
+        source_id: source.id,
+        fences,
     }
 }
 
-/// Moves a file's bytes to this node (from its owner or local disk), then re-keys the row and
-/// removes the old bytes: bytes first, metadata second, the source untouched until the commit.
-pub async fn relocate_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+fn fences_of(locks: &(LockGuard, Option<LockGuard>)) -> Vec<Fence> {
+    locks.0.fence().into_iter().chain(locks.1.as_ref().and_then(LockGuard::fence)).collect()
+}
+
+/// PATCH rename/move of a file or a whole directory subtree (cluster.md §5): one metadata
+/// transaction on this node, no byte touched; nodes holding bytes below may be down.
+pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
     let locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
+    // Decide again under the locks.
     let source = read_entry(node, &req.source).await?;
     check_delete(identity, &source)?;
-    check_destination(node, identity, &req, &source).await?;
-    if source.callfs_instance_id.as_deref() == Some(node.settings.instance_id.as_str()) {
-        // An identical relocation got here first: nothing left to copy.
-        if req.destination == req.source {
-            return Ok(req.destination);
-        }
+    check_move_shape(node, &req, &source)?;
+    if relocation_target(&req, &source).is_some() {
         return Err(ApiError::ResourceChanged("the file was relocated meanwhile; retry".into()));
     }
+    check_destination(node, identity, &req, &source).await?;
     let started = Instant::now();
-    let body = source_stream(node, &source).await?;
-    let staged = stage(node, &req.destination, body, u64::MAX).await?;
-    // End of stream is not success: a copy is only good if it has every byte the row promises.
-    if staged.file().size != source.size as u64 {
-        return Err(ApiError::PeerError(format!(
-            "relocation copy has {} of {} bytes",
-            staged.file().size,
-            source.size
-        )));
-    }
-    // The copy may have outlived a lease: never commit without it.
-    match &locks {
-        (first, Some(second)) => {
-            first.verify().await?;
-            second.verify().await?;
-        }
-        (first, None) => first.verify().await?,
-    }
-    let published = staged.publish().await?;
-    node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Create, true, started.elapsed());
-    let relocate_to = Some(("localfs".to_string(), Some(node.settings.instance_id.clone())));
-    if let Err(err) = node.meta(rename_message(node, &req, &source, relocate_to)).await {
-        if !matches!(err, ApiError::MetadataUnavailable(_)) {
-            node.localfs.do_send(DiscardFile { path: published.target });
-        }
-        return Err(err);
-    }
-    remove_old_bytes(node, &source).await;
-    node.metrics.record_file_op(FileOp::Move, BackendLabel::Localfs);
+    let renamed = node.meta(rename_message(node, &req, &source, fences_of(&locks))).await;
+    node.metrics.record_backend(backend_label(&source), BackendOp::Move, backend_ok(&renamed), started.elapsed());
+    renamed?;
+    let op = if req.is_rename { FileOp::Rename } else { FileOp::Move };
+    node.metrics.record_file_op(op, backend_label(&source));
     Ok(req.destination)
+}
+
+/// Relocation to this node (cluster.md §5): copy into a new blob, verify, then compare-and-set on
+/// `(id, content_version, blob)`; a miss re-plans once, then `409 RESOURCE_CHANGED`.
+pub async fn relocate_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
+    for attempt in 0..2 {
+        match relocate_once(node, identity, &req).await {
+            Err(ApiError::ResourceChanged(_)) if attempt == 0 => continue,
+            Err(ApiError::ResourceChanged(_)) => {
+                return Err(ApiError::ResourceChanged("the file changed during the relocation; retry".into()))
+            }
+            other => return other.map(|()| req.destination.clone()),
+        }
+    }
+    Err(ApiError::ResourceChanged("the file changed during the relocation; retry".into()))
+}
+
+async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> Result<(), ApiError> {
+    let me = node.settings.instance_id.clone();
+    let row = read_entry(node, &req.source).await?;
+    check_delete(identity, &row)?;
+    check_move_shape(node, req, &row)?;
+    let already_here = row.callfs_instance_id.as_deref() == Some(me.as_str());
+    if already_here && req.destination == req.source {
+        // An identical relocation got here first: nothing left to do.
+        return Ok(());
+    }
+    if already_here {
+        return move_entry(node, identity, req.clone()).await.map(|_| ());
+    }
+    let started = Instant::now();
+    let (announced, body) = source_stream(node, &row).await?;
+    let new = write_blob(node, body, u64::MAX).await?;
+    // End of stream is not success: the copy must have every byte the row and the source promised.
+    if new.size != row.size as u64 || announced.is_some_and(|len| len != new.size) {
+        return Err(ApiError::PeerError(format!("relocation copy has {} of {} bytes", new.size, row.size)));
+    }
+    node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Create, true, started.elapsed());
+
+    let locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
+    let now = read_entry(node, &req.source).await?;
+    check_delete(identity, &now)?;
+    if req.destination != req.source {
+        check_destination(node, identity, req, &now).await?;
+    }
+    let switch = SwitchBlob {
+        id: row.id,
+        expect_version: row.content_version,
+        expect_blob: row.blob.clone(),
+        blob: new.blob.clone(),
+        size: new.size as i64,
+        backend_type: "localfs".into(),
+        instance_id: Some(me),
+        content_write: false,
+        fences: fences_of(&locks),
+    };
+    match node.meta(switch).await {
+        Ok(_) => new.committed(),
+        Err(err) if ambiguous(&err) => {
+            new.left_to_the_sweep();
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    }
+    if req.destination != req.source {
+        let rename = rename_message(node, req, &now, fences_of(&locks));
+        node.meta(rename).await?;
+    }
+    node.metrics.record_file_op(FileOp::Move, BackendLabel::Localfs);
+    Ok(())
 }
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>>>>;
 
-/// The source file's bytes, from local disk or from the owning peer.
-async fn source_stream(node: &Node, source: &Inode) -> Result<ByteStream, ApiError> {
-    let path = crate::path::parse_json_path(&source.path)?.path;
-    match route(node, source) {
-        Route::Local => Ok(match open(node, source).await?.whole() {
-            Content::Inline(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
-            Content::Stream(chunks, _) => Box::pin(chunks.map(|c| c.map_err(|e| ApiError::Storage(e.to_string())))),
-        }),
-        Route::Peer(owner) => {
+/// The bytes of `row`'s blob, from this node's disk or from the holding node's internal blob
+/// endpoint, with the length the source announced.
+async fn source_stream(node: &Node, row: &Inode) -> Result<(Option<u64>, ByteStream), ApiError> {
+    let blob = row.blob.clone().ok_or(ApiError::FileNotFound)?;
+    match route(node, row) {
+        Route::Local => {
+            let opened = open_local_blob(node, blob).await?;
+            let total = opened.total;
+            Ok((
+                Some(total),
+                match opened.whole() {
+                    Content::Inline(bytes) => Box::pin(futures_util::stream::once(async move { Ok(bytes) })),
+                    Content::Stream(chunks, _) => {
+                        Box::pin(chunks.map(|c| c.map_err(|e| ApiError::Storage(e.to_string()))))
+                    }
+                },
+            ))
+        }
+        Route::Peer(holder) => {
             let message = callfs_actors::peer::ForwardRequest {
-                peer: owner.clone(),
+                peer: holder.clone(),
                 method: "GET".into(),
-                path_and_query: crate::http::forward::files_url(&path),
+                path_and_query: format!("/v1/internal/blobs/{blob}"),
                 headers: Vec::new(),
                 body: None,
                 operation: CrossServerOp::RelocateRead,
                 backend_op: BackendOp::Open,
             };
             let answer = node.peers.send(message).await??;
-            if answer.status != 200 {
-                return Err(ApiError::PeerError(format!(
-                    "node {owner} answered {} to a relocation read",
-                    answer.status
-                )));
-            }
-            let body = answer.body;
-            Ok(Box::pin(futures_util::stream::unfold(body, |mut body| async move {
-                let chunk = body.recv().await?;
-                Some((chunk.map_err(ApiError::PeerError), body))
-            })))
-        }
-    }
-}
-
-/// After a relocation: delete the old bytes where they were; a failure leaves counted orphans.
-async fn remove_old_bytes(node: &Node, source: &Inode) {
-    let removed = match route(node, source) {
-        Route::Local => node.disk(DeleteFile { path: source.path.clone() }).await,
-        Route::Peer(owner) => remote_delete(node, &owner, &source.path).await,
-    };
-    if let Err(err) = removed {
-        log::warn!(backend = "localfs", key = source.path.as_str(), error = err.to_string().as_str(); "orphan bytes left after a failed cleanup");
-        node.metrics.record_error(ErrorKind::OrphanBytes);
-    }
-}
-
-/// `DELETE {peer}/v1/internal/localfs/{path}`: the owner removes bytes whose row has moved on.
-async fn remote_delete(node: &Node, peer: &str, path: &str) -> Result<(), ApiError> {
-    let path = crate::path::parse_json_path(path)?.path;
-    let url = crate::http::forward::encoded_path("/v1/internal/localfs", &path);
-    let delete = CrossServerOp::RemoteDelete;
-    match crate::peers::internal_call(node, peer, "DELETE", url, None, delete, BackendOp::Delete).await? {
-        204 => Ok(()),
-        other => Err(ApiError::PeerError(format!("node {peer} answered {other} to a byte delete"))),
-    }
-}
-
-/// PATCH rename/move within this node and backend (api.md §8.5 step 6).
-pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> Result<CanonicalPath, ApiError> {
-    let _locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
-    let source = read_entry(node, &req.source).await?;
-    check_delete(identity, &source)?;
-    if let Route::Peer(_) = route(node, &source) {
-        return Err(ApiError::ResourceChanged("the file moved to another node meanwhile; retry".into()));
-    }
-    check_destination(node, identity, &req, &source).await?;
-
-    let started = Instant::now();
-    let moved = node
-        .disk(MovePath {
-            from: req.source.as_str().into(),
-            to: req.destination.as_str().into(),
-            replace: req.overwrite,
-        })
-        .await;
-    let moved = match moved {
-        // A directory holding only other nodes' files may have no physical tree here.
-        Err(ApiError::FileNotFound) if source.is_dir() => Ok(false),
-        Ok(()) => Ok(true),
-        Err(err) => Err(err),
-    };
-    node.metrics.record_backend(backend_label(&source), BackendOp::Move, backend_ok(&moved), started.elapsed());
-    let bytes_moved = moved?;
-    let remote_moved = if source.is_dir() {
-        match move_remote_subtrees(node, &req).await {
-            Ok(moved) => moved,
-            Err(err) => {
-                if bytes_moved {
-                    let back = MovePath {
-                        from: req.destination.as_str().into(),
-                        to: req.source.as_str().into(),
-                        replace: true,
-                    };
-                    let _ = node.disk(back).await;
+            match answer.status {
+                200 => {}
+                401 | 403 => {
+                    return Err(ApiError::PeerError(format!("node {holder} rejected the internal proxy secret")))
                 }
-                return Err(err);
+                404 => return Err(ApiError::ResourceChanged("the source blob is gone; retry".into())),
+                other => {
+                    return Err(ApiError::PeerError(format!("node {holder} answered {other} to a relocation read")))
+                }
             }
+            let announced = answer
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok());
+            let body = answer.body;
+            Ok((
+                announced,
+                Box::pin(futures_util::stream::unfold(body, |mut body| async move {
+                    let chunk = body.recv().await?;
+                    Some((chunk.map_err(ApiError::PeerUnavailable), body))
+                })),
+            ))
         }
-    } else {
-        Vec::new()
-    };
-    let rename = rename_message(node, &req, &source, None);
-    if let Err(err) = node.meta(rename).await {
-        undo_remote_moves(node, &req, &remote_moved).await;
-        if bytes_moved {
-            // Put the bytes back so the source stays whole.
-            let back =
-                MovePath { from: req.destination.as_str().into(), to: req.source.as_str().into(), replace: true };
-            if node.disk(back).await.is_err() {
-                node.metrics.record_error(ErrorKind::OrphanBytes);
-            }
-        }
-        return Err(err);
-    }
-    let op = if req.is_rename { FileOp::Rename } else { FileOp::Move };
-    node.metrics.record_file_op(op, backend_label(&source));
-    Ok(req.destination)
-}
-
-/// Moves the physical subtree on every other node holding files below the directory (cluster.md §5).
-async fn move_remote_subtrees(node: &Node, req: &MoveRequest) -> Result<Vec<String>, ApiError> {
-    let rows = node.meta(ListSubtree { path: req.source.as_str().to_string() }).await?;
-    let mut holders: Vec<String> = rows
-        .iter()
-        .filter(|r| r.is_file() && r.backend_type == "localfs")
-        .filter_map(|r| r.callfs_instance_id.clone())
-        .filter(|id| *id != node.settings.instance_id)
-        .collect();
-    holders.sort();
-    holders.dedup();
-    let mut done = Vec::new();
-    for holder in holders {
-        match remote_move(node, &holder, &req.source, &req.destination).await {
-            Ok(()) => done.push(holder),
-            Err(err) => {
-                undo_remote_moves(node, req, &done).await;
-                return Err(err);
-            }
-        }
-    }
-    Ok(done)
-}
-
-async fn undo_remote_moves(node: &Node, req: &MoveRequest, holders: &[String]) {
-    for holder in holders.iter().rev() {
-        if remote_move(node, holder, &req.destination, &req.source).await.is_err() {
-            node.metrics.record_error(ErrorKind::OrphanBytes);
-        }
-    }
-}
-
-/// `POST {peer}/v1/internal/localfs-move`; an absent source subtree there is fine.
-async fn remote_move(node: &Node, peer: &str, from: &CanonicalPath, to: &CanonicalPath) -> Result<(), ApiError> {
-    let body = serde_json::json!({"from": from.as_str(), "to": to.as_str()}).to_string();
-    let status = crate::peers::internal_call(
-        node,
-        peer,
-        "POST",
-        "/v1/internal/localfs-move".into(),
-        Some(Bytes::from(body)),
-        CrossServerOp::RemoteMove,
-        BackendOp::Move,
-    )
-    .await?;
-    match status {
-        204 | 404 => Ok(()),
-        other => Err(ApiError::PeerError(format!("node {peer} answered {other} to a subtree move"))),
     }
 }
 
@@ -958,6 +959,7 @@ mod tests {
             symlink_target: None,
             created_at: t,
             updated_at: t,
+            blob: None,
         }
     }
 

@@ -9,7 +9,7 @@ use callfs_actors::locks::{LeaseStore, Leases, LockTable};
 use callfs_actors::metadata::{self, MetadataStore, StoreKind};
 use callfs_actors::metrics::{Metrics, MetricsActor};
 use callfs_actors::peer::{PeerProxy, PeerSettings};
-use callfs_actors::storage::localfs::{self, LocalFsWorker, SweepTempFiles};
+use callfs_actors::storage::localfs::{self, LocalFsWorker};
 
 use crate::auth::KeyRing;
 use crate::config::{self, Config};
@@ -121,8 +121,18 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("localfs root: {e}"))?;
     let fsync = config.backend.localfs_fsync;
     let localfs = SyncArbiter::start(LOCALFS_THREADS, move || LocalFsWorker::new(root.clone(), fsync));
-    // Leftovers of uploads cut short by a crash; runs in the background, readiness does not wait.
-    localfs.do_send(SweepTempFiles { older_than: started_at });
+    // A revision-1 root is converted before the first request can look for a blob.
+    crate::fsck::upgrade_layout(&metadata, &localfs, &instance_id).await?;
+    // Garbage, abandoned intents and leftovers of uploads cut short by a crash: now and every minute.
+    callfs_actors::sweep::Sweeper {
+        instance_id: instance_id.clone(),
+        metadata: metadata.clone(),
+        localfs: localfs.clone(),
+        metrics: metrics.clone(),
+        started_at: chrono::DateTime::<chrono::Utc>::from(started_at).naive_utc(),
+        started_at_system: started_at,
+    }
+    .start();
 
     let metrics_actor = MetricsActor::new(registry, metrics.clone()).start();
     let peer_settings = PeerSettings {

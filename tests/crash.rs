@@ -53,16 +53,9 @@ fn kill9_during_uploads(db: Db) {
     stream(&mut s_over, 2, SENT);
     std::thread::sleep(Duration::from_millis(500));
     let in_flight = n.tmp_files();
-    assert!(
-        !in_flight.is_empty(),
-        "storage.md §2: in-flight uploads are streamed into .callfs-tmp-* files in the target directory"
-    );
+    assert!(!in_flight.is_empty(), "in-flight uploads are streamed into .callfs-tmp-* files under <root>/tmp/");
     for t in &in_flight {
-        assert_eq!(
-            t.parent(),
-            Some(n.data_root.join("crash").as_path()),
-            "temporary file lives in the target directory: {t:?}"
-        );
+        assert_eq!(t.parent(), Some(n.data_root.join("tmp").as_path()), "temporary file lives in <root>/tmp: {t:?}");
     }
 
     n.kill9();

@@ -17,6 +17,8 @@ pub enum ActorError {
     Locked,
     #[error("the path lock lease was lost")]
     LeaseLost,
+    #[error("the entry changed since it was read")]
+    Changed,
     #[error("{0}")]
     InvalidInput(String),
     #[error("path resolves outside the storage root")]

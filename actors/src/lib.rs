@@ -7,5 +7,6 @@ pub mod metadata;
 pub mod metrics;
 pub mod peer;
 pub mod storage;
+pub mod sweep;
 
 pub use error::ActorError;

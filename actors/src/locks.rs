@@ -133,9 +133,18 @@ pub struct LockGuard {
     key: String,
     token: u64,
     table: Addr<LockTable>,
+    /// The database lease behind the lock (`dlm.type: postgres`).
+    lease_holder: Option<String>,
 }
 
 impl LockGuard {
+    /// The fence a commit under this lock checks in its own transaction (none for local locks).
+    pub fn fence(&self) -> Option<crate::metadata::Fence> {
+        self.lease_holder
+            .as_ref()
+            .map(|holder| crate::metadata::Fence { key: self.key.clone(), holder: holder.clone() })
+    }
+
     /// Confirms the lock (and its lease) is still held, right before committing under it.
     pub async fn verify(&self) -> Result<(), ActorError> {
         let check = VerifyLock { key: self.key.clone(), token: self.token };
@@ -185,10 +194,13 @@ impl Handler<AcquireLock> for LockTable {
                 metrics.record_error(ErrorKind::LockAcquireTimeout);
                 return Err(ActorError::Locked);
             };
-            let guard = LockGuard { key: msg.key.clone(), token, table: table.clone() };
+            let mut guard = LockGuard { key: msg.key.clone(), token, table: table.clone(), lease_holder: None };
             if let Some(leases) = leases {
                 match take_lease(&leases, &msg.key, deadline).await {
-                    Ok(holder) => table.do_send(RecordLease { key: msg.key, token, holder }),
+                    Ok(holder) => {
+                        guard.lease_holder = Some(holder.clone());
+                        table.do_send(RecordLease { key: msg.key, token, holder });
+                    }
                     Err(err) => {
                         metrics.record_lock(LockOp::Acquire, false, started.elapsed());
                         if err == ActorError::Locked {

@@ -96,8 +96,7 @@ label_enum!(
     RouteLabel {
         Health => "/health", Ready => "/ready", Metrics => "/metrics", Files => "/v1/files/*",
         Directories => "/v1/directories/*", LinksGenerate => "/v1/links/generate",
-        Download => "/download/{token}", InternalLocalfs => "/v1/internal/localfs/*",
-        InternalLocalfsMove => "/v1/internal/localfs-move", Unmatched => "unmatched",
+        Download => "/download/{token}", InternalBlobs => "/v1/internal/blobs/*", Unmatched => "unmatched",
     }
 );
 
@@ -132,7 +131,7 @@ label_enum!(LockOp { Acquire => "acquire", Release => "release", Renew => "renew
 label_enum!(CrossServerOp {
     ProxyRead => "proxy_read", ProxyHead => "proxy_head", ProxyWrite => "proxy_write",
     ProxyDelete => "proxy_delete", ProxyMove => "proxy_move", ConflictCheck => "conflict_check",
-    RelocateRead => "relocate_read", RemoteDelete => "remote_delete", RemoteMove => "remote_move",
+    RelocateRead => "relocate_read",
 });
 
 label_enum!(FileOp {
@@ -260,6 +259,14 @@ pub struct ErrorLabels {
     pub error_type: ErrorKind,
 }
 
+label_enum!(SweepKind { Garbage => "garbage", Intent => "intent", Tmp => "tmp" });
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SweepLabels {
+    pub kind: SweepKind,
+    pub status: Outcome,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -289,6 +296,8 @@ pub struct Metrics {
     pub link_consumptions: Family<LinkConsumptionLabels, Counter>,
     pub rate_limited: Family<LimiterLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
+    /// Blobs, intents and temp files settled by the sweep (storage.md §1.4).
+    pub blob_sweeps: Family<SweepLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -315,6 +324,7 @@ impl Metrics {
             link_consumptions: Family::default(),
             rate_limited: Family::default(),
             errors: Family::default(),
+            blob_sweeps: Family::default(),
             build_info: Family::default(),
         };
         metrics
@@ -370,6 +380,7 @@ impl Metrics {
         );
         r.register("callfs_rate_limited_requests", "Requests rejected with 429", m.rate_limited.clone());
         r.register("callfs_errors", "Error events by component", m.errors.clone());
+        r.register("callfs_blob_sweeps", "Blobs, intents and temp files settled by the sweep", m.blob_sweeps.clone());
         r.register("callfs_build_info", "Build information (always 1)", m.build_info.clone());
         (metrics, r)
     }

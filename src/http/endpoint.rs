@@ -52,8 +52,9 @@ pub enum Endpoint {
     GenerateLink,
     /// `None` when the token cannot be a token (bad escape, `/`): answered like an unknown token.
     DownloadLink(Option<String>),
-    InternalMove,
-    InternalDelete(UrlPath),
+    /// `/v1/internal/blobs/{blob}`: the raw id, checked by the handler (`400` unless 32 hex).
+    GetBlob(String),
+    HeadBlob(String),
     /// A known route with a method it does not support.
     MethodNotAllowed {
         route: RouteLabel,
@@ -67,8 +68,7 @@ const FILES: &str = "/v1/files";
 const DIRECTORIES: &str = "/v1/directories";
 const DOWNLOAD: &str = "/download/";
 const INTERNAL: &str = "/v1/internal/";
-const INTERNAL_MOVE: &str = "/v1/internal/localfs-move";
-const INTERNAL_BYTES: &str = "/v1/internal/localfs";
+const INTERNAL_BLOBS: &str = "/v1/internal/blobs/";
 
 /// `rest` when `path` is `prefix` or `prefix/...`.
 fn tail<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
@@ -92,12 +92,6 @@ impl Endpoint {
                 return match m {
                     "POST" => GenerateLink,
                     _ => MethodNotAllowed { route: RouteLabel::LinksGenerate, allow: "POST" },
-                }
-            }
-            INTERNAL_MOVE => {
-                return match m {
-                    "POST" => InternalMove,
-                    _ => MethodNotAllowed { route: RouteLabel::InternalLocalfsMove, allow: "POST" },
                 }
             }
             _ => {}
@@ -126,10 +120,11 @@ impl Endpoint {
                 _ => MethodNotAllowed { route: RouteLabel::Download, allow: "GET" },
             };
         }
-        if let Some(rest) = raw_path.strip_prefix(INTERNAL_BYTES).filter(|r| r.starts_with('/') && r.len() > 1) {
+        if let Some(blob) = raw_path.strip_prefix(INTERNAL_BLOBS).filter(|b| !b.is_empty()) {
             return match m {
-                "DELETE" => InternalDelete(parse_url_path(rest)),
-                _ => MethodNotAllowed { route: RouteLabel::InternalLocalfs, allow: "DELETE" },
+                "GET" => GetBlob(blob.to_string()),
+                "HEAD" => HeadBlob(blob.to_string()),
+                _ => MethodNotAllowed { route: RouteLabel::InternalBlobs, allow: "GET, HEAD" },
             };
         }
         NotFound
@@ -146,8 +141,7 @@ impl Endpoint {
             ListDirectory(_) => RouteLabel::Directories,
             GenerateLink => RouteLabel::LinksGenerate,
             DownloadLink(_) => RouteLabel::Download,
-            InternalMove => RouteLabel::InternalLocalfsMove,
-            InternalDelete(_) => RouteLabel::InternalLocalfs,
+            GetBlob(_) | HeadBlob(_) => RouteLabel::InternalBlobs,
             MethodNotAllowed { route, .. } => *route,
             NotFound => RouteLabel::Unmatched,
         }
@@ -161,11 +155,11 @@ impl Endpoint {
             Health | Ready | DownloadLink(_) => Guard::Public,
             Metrics if metrics_require_auth => Guard::Bearer,
             Metrics => Guard::Public,
-            InternalMove | InternalDelete(_) => Guard::Internal,
+            GetBlob(_) | HeadBlob(_) => Guard::Internal,
             MethodNotAllowed { route, .. } => match route {
                 RouteLabel::Health | RouteLabel::Ready | RouteLabel::Download => Guard::Public,
                 RouteLabel::Metrics if !metrics_require_auth => Guard::Public,
-                RouteLabel::InternalLocalfs | RouteLabel::InternalLocalfsMove => Guard::Internal,
+                RouteLabel::InternalBlobs => Guard::Internal,
                 _ => Guard::Bearer,
             },
             NotFound if raw_path.starts_with(INTERNAL) => Guard::Internal,
@@ -245,8 +239,10 @@ mod tests {
         assert!(matches!(classify("OPTIONS", "/v1/files/a"), Endpoint::MethodNotAllowed { .. }));
         assert!(matches!(classify("HEAD", "/download/abc"), Endpoint::MethodNotAllowed { .. }));
         assert_eq!(classify("GET", "/download/"), Endpoint::NotFound);
-        assert_eq!(classify("POST", "/v1/internal/localfs-move"), Endpoint::InternalMove);
-        assert_eq!(classify("GET", "/v1/internal/localfs/"), Endpoint::NotFound);
+        assert_eq!(classify("GET", "/v1/internal/blobs/abc"), Endpoint::GetBlob("abc".into()));
+        assert!(matches!(classify("DELETE", "/v1/internal/blobs/abc"), Endpoint::MethodNotAllowed { .. }));
+        assert_eq!(classify("GET", "/v1/internal/blobs/"), Endpoint::NotFound);
+        assert_eq!(classify("POST", "/v1/internal/localfs-move"), Endpoint::NotFound);
     }
 
     #[test]
@@ -255,8 +251,9 @@ mod tests {
         assert_eq!(guard("GET", "/metrics"), Guard::Public);
         assert_eq!(classify("GET", "/metrics").guard("/metrics", true), Guard::Bearer);
         assert_eq!(classify("POST", "/metrics").guard("/metrics", true), Guard::Bearer);
+        assert_eq!(guard("GET", "/v1/internal/blobs/x"), Guard::Internal);
+        assert_eq!(guard("PUT", "/v1/internal/blobs/x"), Guard::Internal);
         assert_eq!(guard("POST", "/v1/internal/localfs-move"), Guard::Internal);
-        assert_eq!(guard("GET", "/v1/internal/localfs-move"), Guard::Internal);
         assert_eq!(guard("POST", "/v1/internal/nothing"), Guard::Internal);
         assert_eq!(guard("GET", "/v1/nothing"), Guard::Bearer);
         assert_eq!(guard("GET", "/%76%31/internal/localfs-move"), Guard::Public);

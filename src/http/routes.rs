@@ -87,8 +87,8 @@ async fn serve(
         ListDirectory(path) => directories::list(&req, &node, path?).await,
         GenerateLink => links::generate(&node, &identity()?, payload).await,
         DownloadLink(token) => links::download(&req, &node, &ctx, token).await,
-        InternalMove => internal::move_bytes(&node, &identity()?, payload).await,
-        InternalDelete(path) => internal::delete_bytes(&node, &identity()?, path?).await,
+        GetBlob(blob) => internal::get_blob(&req, &node, &identity()?, blob, false).await,
+        HeadBlob(blob) => internal::get_blob(&req, &node, &identity()?, blob, true).await,
         MethodNotAllowed { allow, .. } => Err(ApiError::MethodNotAllowed(allow)),
         NotFound => Err(ApiError::RouteNotFound),
     }

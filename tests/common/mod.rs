@@ -7,6 +7,8 @@
 //! * `CALLFS_TEST_SKIP_PG=1` — when the DSN is unset, postgres variants return early instead of failing.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,26 +101,18 @@ pub fn dsn_with_db(dsn: &str, db: &str) -> String {
     format!("{}{}/{}{}", &dsn[..scheme_end], authority, db, query)
 }
 
-fn psql(dsn: &str, sql: &str) -> Result<(), String> {
+/// Run one statement with psql; the unaligned, tuples-only output.
+pub fn psql(dsn: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .arg(dsn)
-        .arg("-v")
-        .arg("ON_ERROR_STOP=1")
-        .arg("-q")
-        .arg("-c")
-        .arg(sql)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
+        .map_err(|e| format!("cannot run psql ({e}); run scripts/ensure-deps.sh"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
-        Err(format!(
-            "psql failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("psql {sql:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -482,6 +476,28 @@ fn ureq_response(r: ureq::Response) -> Resp {
 // ---------------------------------------------------------------------------------------------
 
 /// `Content-Type` media type is `application/json` (parameters such as charset tolerated).
+/// Every blob file under `<root>/blobs/<aa>/<bb>/` (storage layout revision 2), sorted.
+pub fn blob_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(level1) = fs::read_dir(root.join("blobs")) else {
+        return out;
+    };
+    for a in level1.flatten() {
+        for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
+            for blob in fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                out.push(blob.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The blob file holding exactly `content`, if one does.
+pub fn blob_with(root: &Path, content: &[u8]) -> Option<PathBuf> {
+    blob_files(root).into_iter().find(|p| fs::read(p).map(|b| b == content).unwrap_or(false))
+}
+
 pub fn is_json_content_type(resp: &Resp) -> bool {
     resp.header("content-type")
         .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))

@@ -8,8 +8,10 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 pub use store::{
-    connect, sort_listing, CleanupLinks, ConsumeLink, CreateEntry, CreateLink, DeleteEntry, GetEntries, GetEntry,
-    GetLink, LinkRow, ListChildren, ListSubtree, MetadataStore, NewEntry, Ping, RenameEntry, StoreKind, UpdateContent,
+    connect, sort_listing, AdoptBlob, BlobRef, BlobReferences, CleanupLinks, ConsumeLink, CreateEntry, CreateLink,
+    DeleteEntry, DropGarbage, DropIntent, DueGarbage, Fence, GetEntries, GetEntry, GetLink, LegacyFiles, LinkRow,
+    ListBlobReferences, ListChildren, ListSubtree, MetadataStore, NewEntry, Ping, RecordIntent, RenameEntry,
+    StaleIntents, StoreKind, SwitchBlob, TouchIntent,
 };
 
 pub const FILE: &str = "file";
@@ -37,6 +39,8 @@ pub struct Inode {
     pub symlink_target: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// The immutable blob holding a file's content; `None` for directories.
+    pub blob: Option<String>,
 }
 
 impl Inode {

@@ -22,6 +22,26 @@ diesel::table! {
         symlink_target -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        blob -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    blob_intents (blob) {
+        blob -> Text,
+        backend_type -> Text,
+        instance_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        touched_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    blob_garbage (blob) {
+        blob -> Text,
+        backend_type -> Text,
+        instance_id -> Nullable<Text>,
+        delete_after -> Timestamp,
     }
 }
 

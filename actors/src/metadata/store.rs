@@ -8,7 +8,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::schema::{inodes, single_use_links};
+use super::schema::{blob_garbage, blob_intents, inodes, single_use_links};
 use super::{Inode, DIRECTORY, FILE};
 use crate::error::ActorError;
 use crate::metrics::{ErrorKind, MetadataOp, Metrics};
@@ -76,7 +76,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         conn.batch_execute(
             // busy_timeout first: switching to WAL needs the write lock, which another connection may hold.
             "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA case_sensitive_like = ON;",
+             PRAGMA case_sensitive_like = ON; PRAGMA foreign_keys = ON;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -208,6 +208,7 @@ fn ensure_root(conn: &mut Conn) -> Result<(), ActorError> {
         callfs_instance_id: None,
         created_at: t,
         updated_at: t,
+        blob: None,
     };
     with_conn!(conn, c => diesel::insert_into(inodes::table).values(&root).on_conflict(inodes::path).do_nothing().execute(c))?;
     Ok(())
@@ -230,6 +231,7 @@ struct NewInode {
     callfs_instance_id: Option<String>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    blob: Option<String>,
 }
 
 /// What a create needs to know; the canonical `path` decides name and parent.
@@ -241,6 +243,8 @@ pub struct NewEntry {
     pub owner: String,
     pub backend_type: String,
     pub instance_id: Option<String>,
+    /// The committed blob of a file (its intent is settled in the same transaction).
+    pub blob: Option<String>,
 }
 
 fn parent_and_name(path: &str) -> (&str, &str) {
@@ -274,7 +278,64 @@ fn new_row(entry: &NewEntry, parent_id: i64, path: &str, is_dir: bool) -> NewIno
         callfs_instance_id: entry.instance_id.clone(),
         created_at: t,
         updated_at: t,
+        blob: if is_dir { None } else { entry.blob.clone() },
     }
+}
+
+/// A path lock's lease, checked inside the commit transaction it guards (cluster.md §6): a node
+/// that lost its lease can never commit under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub holder: String,
+}
+
+/// A blob and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub blob: String,
+    pub backend_type: String,
+    pub instance_id: Option<String>,
+}
+
+/// How long a blob stays readable after its row stopped referencing it.
+const GARBAGE_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Within a transaction: every fence's lease must still be ours; the row lock taken here keeps it
+/// ours until the commit.
+macro_rules! check_fences {
+    ($c:ident, $fences:expr, $is_pg:expr) => {{
+        if $is_pg {
+            for fence in $fences.iter() {
+                let held = diesel::sql_query(
+                    "UPDATE callfs_locks SET expires_at = expires_at \
+                     WHERE lock_key = $1 AND holder = $2 AND expires_at > now()",
+                )
+                .bind::<diesel::sql_types::Text, _>(&fence.key)
+                .bind::<diesel::sql_types::Text, _>(&fence.holder)
+                .execute($c)?;
+                if held == 0 {
+                    return Err(ActorError::LeaseLost);
+                }
+            }
+        }
+    }};
+}
+
+/// Within a transaction: a blob that stopped being referenced, kept readable for the grace period.
+macro_rules! record_garbage {
+    ($c:ident, $blob:expr, $backend:expr, $instance:expr) => {{
+        diesel::insert_into(blob_garbage::table)
+            .values((
+                blob_garbage::blob.eq($blob),
+                blob_garbage::backend_type.eq($backend),
+                blob_garbage::instance_id.eq($instance),
+                blob_garbage::delete_after.eq(now() + GARBAGE_GRACE),
+            ))
+            .on_conflict(blob_garbage::blob)
+            .do_nothing()
+            .execute($c)?;
+    }};
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE prefix match.
@@ -445,87 +506,370 @@ impl Handler<ListSubtree> for MetadataStore {
     }
 }
 
-/// Insert a file or directory, creating missing ancestors; a taken path is `AlreadyExists`.
+/// Insert a file or directory, creating missing ancestors; a taken path is `AlreadyExists`. The
+/// parent is resolved inside the transaction (and held by the foreign key), so a create racing
+/// with a move or delete of its parent lands wholly before or after it.
 #[derive(Message)]
 #[rtype(result = "Result<Inode, ActorError>")]
 pub struct CreateEntry {
     pub entry: NewEntry,
+    pub fences: Vec<Fence>,
 }
 
 impl Handler<CreateEntry> for MetadataStore {
     type Result = Result<Inode, ActorError>;
     fn handle(&mut self, msg: CreateEntry, _ctx: &mut Self::Context) -> Self::Result {
-        self.create_entry(msg.entry)
+        self.create_entry(msg.entry, &msg.fences)
     }
 }
 
 impl MetadataStore {
-    pub fn create_entry(&self, entry: NewEntry) -> Result<Inode, ActorError> {
+    fn is_pg(&self) -> bool {
+        matches!(self.pool, Pool::Pg(_))
+    }
+
+    pub fn create_entry(&self, entry: NewEntry, fences: &[Fence]) -> Result<Inode, ActorError> {
+        let is_pg = self.is_pg();
         self.run(MetadataOp::Create, |conn| {
             write_tx!(conn, c => {
+                check_fences!(c, fences, is_pg);
                 let parent_id = ensure_parents!(c, &entry, &entry.path);
+                if is_pg {
+                    // Holds the parent against a concurrent delete or move until this commit.
+                    diesel::sql_query("SELECT id FROM inodes WHERE id = $1 FOR SHARE")
+                        .bind::<diesel::sql_types::BigInt, _>(parent_id)
+                        .execute(c)?;
+                }
                 let row = new_row(&entry, parent_id, &entry.path, entry.is_dir);
                 let inode = diesel::insert_into(inodes::table)
                     .values(&row)
                     .returning(Inode::as_returning())
                     .get_result(c)?;
+                if let Some(blob) = &entry.blob {
+                    diesel::delete(blob_intents::table.filter(blob_intents::blob.eq(blob))).execute(c)?;
+                }
                 Ok::<_, ActorError>(inode)
             })
         })
     }
 }
 
-/// Record a content write: new size, fresh mtime/ctime, next content version.
-#[derive(Message)]
+/// Switch a file to another blob by compare-and-set (storage.md §1.1): only when the row still has
+/// `expect_version` (and `expect_blob`, for relocations). The old blob goes to garbage and the new
+/// blob's intent is settled in the same transaction. A miss is [`ActorError::Changed`].
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<Inode, ActorError>")]
-pub struct UpdateContent {
+pub struct SwitchBlob {
     pub id: i64,
+    pub expect_version: i64,
+    pub expect_blob: Option<String>,
+    pub blob: String,
     pub size: i64,
+    pub backend_type: String,
+    pub instance_id: Option<String>,
+    /// A content write (new version, fresh mtime); a relocation keeps both.
+    pub content_write: bool,
+    pub fences: Vec<Fence>,
 }
 
-impl Handler<UpdateContent> for MetadataStore {
+impl Handler<SwitchBlob> for MetadataStore {
     type Result = Result<Inode, ActorError>;
-    fn handle(&mut self, msg: UpdateContent, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SwitchBlob, _ctx: &mut Self::Context) -> Self::Result {
+        self.switch_blob(msg)
+    }
+}
+
+impl MetadataStore {
+    pub fn switch_blob(&self, msg: SwitchBlob) -> Result<Inode, ActorError> {
+        let is_pg = self.is_pg();
         self.run(MetadataOp::Update, |conn| {
-            let t = now();
-            let updated = with_conn!(conn, c => diesel::update(inodes::table.filter(inodes::id.eq(msg.id)))
+            write_tx!(conn, c => {
+                check_fences!(c, msg.fences, is_pg);
+                let current: Option<Inode> = inodes::table
+                    .filter(inodes::id.eq(msg.id))
+                    .select(Inode::as_select())
+                    .get_result(c)
+                    .optional()?;
+                let Some(current) = current else { return Err(ActorError::Changed) };
+                if current.content_version != msg.expect_version
+                    || msg.expect_blob.as_ref().is_some_and(|b| current.blob.as_ref() != Some(b))
+                    || !current.is_file()
+                {
+                    return Err(ActorError::Changed);
+                }
+                let t = now();
+                let version = if msg.content_write { current.content_version + 1 } else { current.content_version };
+                let mtime = if msg.content_write { t } else { current.mtime };
+                let updated = diesel::update(
+                    inodes::table
+                        .filter(inodes::id.eq(msg.id))
+                        .filter(inodes::content_version.eq(msg.expect_version)),
+                )
                 .set((
+                    inodes::blob.eq(&msg.blob),
                     inodes::size.eq(msg.size),
-                    inodes::mtime.eq(t),
+                    inodes::backend_type.eq(&msg.backend_type),
+                    inodes::callfs_instance_id.eq(&msg.instance_id),
+                    inodes::content_version.eq(version),
+                    inodes::mtime.eq(mtime),
                     inodes::ctime.eq(t),
                     inodes::updated_at.eq(t),
-                    inodes::content_version.eq(inodes::content_version + 1),
                 ))
                 .returning(Inode::as_returning())
                 .get_result(c)
-                .optional())?;
-            updated.ok_or(ActorError::NotFound)
+                .optional()?;
+                let Some(updated) = updated else { return Err(ActorError::Changed) };
+                if let Some(old) = &current.blob {
+                    record_garbage!(c, old, &current.backend_type, &current.callfs_instance_id);
+                }
+                diesel::delete(blob_intents::table.filter(blob_intents::blob.eq(&msg.blob))).execute(c)?;
+                Ok::<_, ActorError>(updated)
+            })
         })
     }
 }
 
-/// Remove one row; a directory with children is refused in the same transaction.
+/// Remove one row; a directory with children is refused in the same transaction. A file's blob
+/// goes to garbage.
 #[derive(Message)]
 #[rtype(result = "Result<(), ActorError>")]
 pub struct DeleteEntry {
     pub id: i64,
+    pub fences: Vec<Fence>,
 }
 
 impl Handler<DeleteEntry> for MetadataStore {
     type Result = Result<(), ActorError>;
     fn handle(&mut self, msg: DeleteEntry, _ctx: &mut Self::Context) -> Self::Result {
+        let is_pg = self.is_pg();
         self.run(MetadataOp::Delete, |conn| {
             write_tx!(conn, c => {
+                check_fences!(c, msg.fences, is_pg);
                 let children: i64 = inodes::table.filter(inodes::parent_id.eq(msg.id)).count().get_result(c)?;
                 if children > 0 {
                     return Err(ActorError::DirectoryNotEmpty);
                 }
-                let deleted = diesel::delete(inodes::table.filter(inodes::id.eq(msg.id))).execute(c)?;
-                if deleted == 0 {
-                    return Err(ActorError::NotFound);
+                let deleted: Option<Inode> = diesel::delete(inodes::table.filter(inodes::id.eq(msg.id)))
+                    .returning(Inode::as_returning())
+                    .get_result(c)
+                    .optional()?;
+                let Some(deleted) = deleted else { return Err(ActorError::NotFound) };
+                if let Some(blob) = &deleted.blob {
+                    record_garbage!(c, blob, &deleted.backend_type, &deleted.callfs_instance_id);
                 }
                 Ok(())
             })
+        })
+    }
+}
+
+/// Record a blob about to be written, before its first byte (storage.md §1.4).
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct RecordIntent {
+    pub blob: BlobRef,
+}
+
+impl Handler<RecordIntent> for MetadataStore {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: RecordIntent, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Create, |conn| {
+            let t = now();
+            with_conn!(conn, c => diesel::insert_into(blob_intents::table)
+                .values((
+                    blob_intents::blob.eq(&msg.blob.blob),
+                    blob_intents::backend_type.eq(&msg.blob.backend_type),
+                    blob_intents::instance_id.eq(&msg.blob.instance_id),
+                    blob_intents::created_at.eq(t),
+                    blob_intents::touched_at.eq(t),
+                ))
+                .execute(c))?;
+            Ok(())
+        })
+    }
+}
+
+/// A long upload is still alive: its intent must not look abandoned.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct TouchIntent {
+    pub blob: String,
+}
+
+impl Handler<TouchIntent> for MetadataStore {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: TouchIntent, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Update, |conn| {
+            with_conn!(conn, c => diesel::update(blob_intents::table.filter(blob_intents::blob.eq(&msg.blob)))
+                .set(blob_intents::touched_at.eq(now()))
+                .execute(c))?;
+            Ok(())
+        })
+    }
+}
+
+/// Forget an intent (its blob was deleted or never written).
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct DropIntent {
+    pub blob: String,
+}
+
+impl Handler<DropIntent> for MetadataStore {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: DropIntent, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Delete, |conn| {
+            with_conn!(conn, c => diesel::delete(blob_intents::table.filter(blob_intents::blob.eq(&msg.blob))).execute(c))?;
+            Ok(())
+        })
+    }
+}
+
+/// Forget a garbage row whose bytes were deleted.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct DropGarbage {
+    pub blob: String,
+}
+
+impl Handler<DropGarbage> for MetadataStore {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: DropGarbage, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Delete, |conn| {
+            with_conn!(conn, c => diesel::delete(blob_garbage::table.filter(blob_garbage::blob.eq(&msg.blob))).execute(c))?;
+            Ok(())
+        })
+    }
+}
+
+/// Garbage of one node's localfs whose grace period is over.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, ActorError>")]
+pub struct DueGarbage {
+    pub instance_id: String,
+    pub limit: i64,
+}
+
+impl Handler<DueGarbage> for MetadataStore {
+    type Result = Result<Vec<String>, ActorError>;
+    fn handle(&mut self, msg: DueGarbage, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Get, |conn| {
+            Ok(with_conn!(conn, c => blob_garbage::table
+                .filter(blob_garbage::instance_id.eq(&msg.instance_id))
+                .filter(blob_garbage::backend_type.eq("localfs"))
+                .filter(blob_garbage::delete_after.lt(now()))
+                .select(blob_garbage::blob)
+                .limit(msg.limit)
+                .load(c))?)
+        })
+    }
+}
+
+/// Intents of one node that no live write can still settle: created before the node started, or
+/// untouched for an hour.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, ActorError>")]
+pub struct StaleIntents {
+    pub instance_id: String,
+    pub started_at: NaiveDateTime,
+}
+
+impl Handler<StaleIntents> for MetadataStore {
+    type Result = Result<Vec<String>, ActorError>;
+    fn handle(&mut self, msg: StaleIntents, _ctx: &mut Self::Context) -> Self::Result {
+        let idle = now() - chrono::Duration::hours(1);
+        self.run(MetadataOp::Get, |conn| {
+            Ok(with_conn!(conn, c => blob_intents::table
+                .filter(blob_intents::instance_id.eq(&msg.instance_id))
+                .filter(blob_intents::created_at.lt(msg.started_at).or(blob_intents::touched_at.lt(idle)))
+                .select(blob_intents::blob)
+                .load(c))?)
+        })
+    }
+}
+
+/// Everything that references blobs of one node: rows (with their paths), intents, garbage.
+#[derive(Message)]
+#[rtype(result = "Result<BlobReferences, ActorError>")]
+pub struct ListBlobReferences {
+    pub instance_id: String,
+}
+
+#[derive(Debug, Default)]
+pub struct BlobReferences {
+    /// `(blob, path)` of every localfs file row of the node.
+    pub rows: Vec<(String, String)>,
+    pub intents: Vec<String>,
+    pub garbage: Vec<String>,
+}
+
+impl Handler<ListBlobReferences> for MetadataStore {
+    type Result = Result<BlobReferences, ActorError>;
+    fn handle(&mut self, msg: ListBlobReferences, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::ListSubtree, |conn| {
+            with_conn!(conn, c => {
+                let rows: Vec<(Option<String>, String)> = inodes::table
+                    .filter(inodes::kind.eq(FILE))
+                    .filter(inodes::backend_type.eq("localfs"))
+                    .filter(inodes::callfs_instance_id.eq(&msg.instance_id))
+                    .select((inodes::blob, inodes::path))
+                    .load(c)?;
+                let intents = blob_intents::table
+                    .filter(blob_intents::instance_id.eq(&msg.instance_id))
+                    .select(blob_intents::blob)
+                    .load(c)?;
+                let garbage = blob_garbage::table
+                    .filter(blob_garbage::instance_id.eq(&msg.instance_id))
+                    .select(blob_garbage::blob)
+                    .load(c)?;
+                let rows = rows.into_iter().map(|(b, p)| (b.unwrap_or_default(), p)).collect();
+                Ok::<_, ActorError>(BlobReferences { rows, intents, garbage })
+            })
+        })
+    }
+}
+
+/// Revision-1 files of this node: file rows without a blob (storage.md §2, upgrade).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(i64, String)>, ActorError>")]
+pub struct LegacyFiles {
+    pub instance_id: String,
+}
+
+impl Handler<LegacyFiles> for MetadataStore {
+    type Result = Result<Vec<(i64, String)>, ActorError>;
+    fn handle(&mut self, msg: LegacyFiles, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Get, |conn| {
+            Ok(with_conn!(conn, c => inodes::table
+                .filter(inodes::kind.eq(FILE))
+                .filter(inodes::backend_type.eq("localfs"))
+                .filter(inodes::blob.is_null())
+                .filter(inodes::callfs_instance_id.eq(&msg.instance_id).or(inodes::callfs_instance_id.is_null()))
+                .select((inodes::id, inodes::path))
+                .load(c))?)
+        })
+    }
+}
+
+/// Give a revision-1 row its converted blob (only while it still has none).
+#[derive(Message)]
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct AdoptBlob {
+    pub id: i64,
+    pub blob: String,
+    pub instance_id: String,
+}
+
+impl Handler<AdoptBlob> for MetadataStore {
+    type Result = Result<bool, ActorError>;
+    fn handle(&mut self, msg: AdoptBlob, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::Update, |conn| {
+            let n = with_conn!(conn, c => diesel::update(
+                inodes::table.filter(inodes::id.eq(msg.id)).filter(inodes::blob.is_null()),
+            )
+            .set((inodes::blob.eq(&msg.blob), inodes::callfs_instance_id.eq(&msg.instance_id)))
+            .execute(c))?;
+            Ok(n == 1)
         })
     }
 }
@@ -540,8 +884,9 @@ pub struct RenameEntry {
     pub create_parents: bool,
     /// Owner, backend and instance recorded on destination parents created on the way.
     pub parents: NewEntry,
-    /// New backend/instance for the moved row (relocation), `None` to keep.
-    pub relocate_to: Option<(String, Option<String>)>,
+    /// The source row as planned: a different row at the source path is [`ActorError::Changed`].
+    pub source_id: i64,
+    pub fences: Vec<Fence>,
 }
 
 impl Handler<RenameEntry> for MetadataStore {
@@ -553,15 +898,19 @@ impl Handler<RenameEntry> for MetadataStore {
 
 impl MetadataStore {
     pub fn rename_entry(&self, msg: RenameEntry) -> Result<Inode, ActorError> {
-        let is_pg = matches!(self.pool, Pool::Pg(_));
+        let is_pg = self.is_pg();
         self.run(MetadataOp::Rename, |conn| {
             write_tx!(conn, c => {
+                check_fences!(c, msg.fences, is_pg);
                 let source: Inode = inodes::table
                     .filter(inodes::path.eq(&msg.source_path))
                     .select(Inode::as_select())
                     .get_result(c)
                     .optional()?
                     .ok_or(ActorError::NotFound)?;
+                if source.id != msg.source_id {
+                    return Err(ActorError::Changed);
+                }
                 let (parent_path, name) = parent_and_name(&msg.destination_path);
                 let existing: Option<Inode> = inodes::table
                     .filter(inodes::path.eq(&msg.destination_path))
@@ -594,12 +943,11 @@ impl MetadataStore {
                         return Err(ActorError::DirectoryNotEmpty);
                     }
                     diesel::delete(inodes::table.filter(inodes::id.eq(existing.id))).execute(c)?;
+                    if let Some(blob) = &existing.blob {
+                        record_garbage!(c, blob, &existing.backend_type, &existing.callfs_instance_id);
+                    }
                 }
                 let t = now();
-                let (backend_type, instance_id) = msg
-                    .relocate_to
-                    .clone()
-                    .unwrap_or((source.backend_type.clone(), source.callfs_instance_id.clone()));
                 let moved = diesel::update(inodes::table.filter(inodes::id.eq(source.id)))
                     .set((
                         inodes::path.eq(&msg.destination_path),
@@ -607,8 +955,6 @@ impl MetadataStore {
                         inodes::parent_id.eq(parent_id),
                         inodes::ctime.eq(t),
                         inodes::updated_at.eq(t),
-                        inodes::backend_type.eq(backend_type),
-                        inodes::callfs_instance_id.eq(instance_id),
                     ))
                     .returning(Inode::as_returning())
                     .get_result(c)?;
@@ -782,11 +1128,19 @@ mod tests {
             owner: "alice".into(),
             backend_type: "localfs".into(),
             instance_id: Some("node-1".into()),
+            blob: (!is_dir).then(|| format!("{:032x}", path.len())),
         }
     }
 
     fn create(s: &MetadataStore, path: &str, is_dir: bool) -> Result<Inode, ActorError> {
-        s.create_entry(entry(path, is_dir))
+        s.create_entry(entry(path, is_dir), &[])
+    }
+
+    fn garbage(s: &MetadataStore) -> Vec<String> {
+        s.run(MetadataOp::Get, |conn| {
+            Ok(with_conn!(conn, c => blob_garbage::table.select(blob_garbage::blob).load(c))?)
+        })
+        .unwrap()
     }
 
     fn get(s: &MetadataStore, path: &str) -> Option<Inode> {
@@ -821,13 +1175,44 @@ mod tests {
             overwrite: false,
             create_parents: false,
             parents: entry("/dst", true),
-            relocate_to: None,
+            source_id: get(&actor, "/src").unwrap().id,
+            fences: Vec::new(),
         };
         let moved = actor.rename_entry(msg);
         assert_eq!(moved.unwrap().path, "/dst");
         assert!(get(&actor, "/dst/inner/deep.txt").is_some());
         assert!(get(&actor, "/src/inner").is_none());
         assert!(get(&actor, "/src_sibling.txt").is_some(), "prefix match must stop at the separator");
+    }
+
+    fn switch(file: &Inode, version: i64, blob: &str) -> SwitchBlob {
+        SwitchBlob {
+            id: file.id,
+            expect_version: version,
+            expect_blob: None,
+            blob: blob.into(),
+            size: 9,
+            backend_type: "localfs".into(),
+            instance_id: Some("node-1".into()),
+            content_write: true,
+            fences: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn content_switch_is_compare_and_set_and_collects_the_old_blob() {
+        let (s, _dir) = store();
+        let file = create(&s, "/f.txt", false).unwrap();
+        let old = file.blob.clone().unwrap();
+        let ctx_s = s;
+        let updated = ctx_s.switch_blob(switch(&file, 1, "b".repeat(32).as_str())).unwrap();
+        assert_eq!(updated.content_version, 2);
+        assert_eq!(updated.blob.as_deref(), Some("b".repeat(32).as_str()));
+        assert_eq!(garbage(&ctx_s), vec![old]);
+        // A writer that read version 1 loses: nothing switches.
+        let stale = ctx_s.switch_blob(switch(&file, 1, "c".repeat(32).as_str()));
+        assert_eq!(stale.unwrap_err(), ActorError::Changed);
+        assert_eq!(get(&ctx_s, "/f.txt").unwrap().blob.as_deref(), Some("b".repeat(32).as_str()));
     }
 
     #[test]

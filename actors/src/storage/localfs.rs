@@ -1,5 +1,7 @@
-//! Local-disk storage (storage.md §2). All blocking file-system calls run here, on SyncArbiter
-//! threads, never on the threads that drive network I/O.
+//! Local-disk storage (storage.md §2): immutable blobs under `<root>/blobs/<aa>/<bb>/<id>`, uploads
+//! in progress under `<root>/tmp/`. No namespace path ever reaches the filesystem: blob ids are
+//! generated here and checked against `^[0-9a-f]{32}$` before any use. All blocking calls run on
+//! SyncArbiter threads (or the blocking pool), never on the threads that drive network I/O.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -17,10 +19,20 @@ use tokio::task::JoinHandle;
 
 use crate::error::ActorError;
 
-/// Prefix of in-flight upload files; reserved in the namespace so they are never addressable.
+/// Prefix of in-flight upload files in `tmp/`.
 pub const TEMP_PREFIX: &str = ".callfs-tmp-";
 /// Largest read and write unit; also the bound on per-transfer buffering.
 const IO_CHUNK: usize = 256 * 1024;
+
+/// A new blob id: 128 random bits as 32 lowercase hex characters.
+pub fn new_blob_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// True for a well-formed blob id; anything else never reaches a file name.
+pub fn is_blob_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 pub struct LocalFsWorker {
     root: PathBuf,
@@ -32,29 +44,20 @@ impl LocalFsWorker {
         Self { root, fsync }
     }
 
-    /// Maps a canonical path beneath the root, refusing symlinks that lead outside it.
-    fn resolve(&self, path: &str) -> Result<PathBuf, ActorError> {
-        let mut current = self.root.clone();
-        let mut checking = true;
-        for segment in path.split('/').filter(|s| !s.is_empty()) {
-            current.push(segment);
-            if !checking {
-                continue;
-            }
-            match fs::symlink_metadata(&current) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    let target = fs::canonicalize(&current).map_err(|e| ActorError::from_io(&e))?;
-                    let root = fs::canonicalize(&self.root).map_err(|e| ActorError::from_io(&e))?;
-                    if !target.starts_with(root) {
-                        return Err(ActorError::OutsideRoot);
-                    }
-                }
-                Ok(_) => {}
-                // Nothing below a missing component can be a link.
-                Err(_) => checking = false,
-            }
+    fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// `<root>/blobs/<aa>/<bb>/<id>` for a checked id.
+    fn blob_path(&self, id: &str) -> Result<PathBuf, ActorError> {
+        if !is_blob_id(id) {
+            return Err(ActorError::InvalidInput("malformed blob id".into()));
         }
-        Ok(current)
+        Ok(self.blobs().join(&id[0..2]).join(&id[2..4]).join(id))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -85,29 +88,45 @@ impl LocalFsWorker {
         }
     }
 
-    /// Creates the temporary file of an upload beside its final name. Refuses (as invalid input,
-    /// before creating anything) a location the OS could not name.
-    fn open_staging(&self, path: &str) -> Result<Staging, ActorError> {
-        let target = self.resolve(path)?;
-        // The temp name is longer than any final name: check it against PATH_MAX up front.
-        if target.as_os_str().len() + TEMP_PREFIX.len() + 16 >= MAX_OS_PATH {
-            return Err(ActorError::InvalidInput("the path is too long for this node's storage".into()));
-        }
-        let dir = target.parent().ok_or_else(|| ActorError::InvalidInput("no parent directory".into()))?;
-        self.create_dirs(dir).map_err(|e| ActorError::from_io(&e))?;
-        let temp = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())));
+    /// Creates a new temporary file in `tmp/` for a blob being written.
+    fn open_staging(&self, blob: &str) -> Result<Staging, ActorError> {
+        let target = self.blob_path(blob)?;
+        let tmp = self.tmp();
+        self.create_dirs(&tmp).map_err(|e| ActorError::from_io(&e))?;
+        let temp = tmp.join(format!("{TEMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&temp)
             .map_err(|e| ActorError::from_io(&e))?;
-        Ok(Staging { file: Some(file), temp, target, size: 0, fsync: self.fsync })
+        Ok(Staging { file: Some(file), temp, target, blob: blob.to_string(), size: 0, fsync: self.fsync })
+    }
+
+    /// Moves a complete temporary file to its blob location (never over an existing blob).
+    fn publish(&self, temp: &Path, target: &Path) -> Result<(), ActorError> {
+        let dir = target.parent().ok_or_else(|| ActorError::InvalidInput("no parent".into()))?;
+        self.create_dirs(dir).map_err(|e| ActorError::from_io(&e))?;
+        if fs::symlink_metadata(target).is_ok() {
+            return Err(ActorError::AlreadyExists);
+        }
+        fs::rename(temp, target).map_err(|e| ActorError::from_io(&e))?;
+        self.sync_dir(dir).map_err(|e| ActorError::from_io(&e))
+    }
+
+    fn delete_blob(&self, blob: &str) -> Result<(), ActorError> {
+        let path = self.blob_path(blob)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ActorError::from_io(&e)),
+        }
     }
 }
 
-/// Longest path the OS accepts (`PATH_MAX`, including the terminating NUL).
-const MAX_OS_PATH: usize = 4096;
+impl Actor for LocalFsWorker {
+    type Context = SyncContext<Self>;
+}
 
 /// An upload being written: the temporary file, filled chunk by chunk on the blocking pool so that
 /// a slow body never holds a thread between its chunks.
@@ -115,7 +134,8 @@ const MAX_OS_PATH: usize = 4096;
 pub struct Staging {
     file: Option<File>,
     pub temp: PathBuf,
-    pub target: PathBuf,
+    target: PathBuf,
+    pub blob: String,
     pub size: u64,
     fsync: bool,
 }
@@ -138,7 +158,7 @@ impl Staging {
     }
 
     /// Makes the bytes durable (per `localfs_fsync`) and readable; the file is then complete.
-    pub async fn finish(mut self) -> Result<StagedFile, ActorError> {
+    pub async fn finish(mut self) -> Result<StagedBlob, ActorError> {
         let file = self.file.take().ok_or_else(|| ActorError::InvalidInput("staging file closed".into()))?;
         let fsync = self.fsync;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -150,15 +170,84 @@ impl Staging {
         .await
         .map_err(|e| ActorError::Storage(format!("writer task: {e}")))?
         .map_err(|e| ActorError::from_io(&e))?;
-        Ok(StagedFile { temp: self.temp.clone(), target: self.target.clone(), size: self.size })
+        Ok(StagedBlob {
+            temp: self.temp.clone(),
+            target: self.target.clone(),
+            blob: self.blob.clone(),
+            size: self.size,
+        })
     }
 }
 
-impl Actor for LocalFsWorker {
-    type Context = SyncContext<Self>;
+/// A complete, durable temporary file, not yet at its blob location.
+#[derive(Debug, Clone)]
+pub struct StagedBlob {
+    pub temp: PathBuf,
+    target: PathBuf,
+    pub blob: String,
+    pub size: u64,
 }
 
-/// A file opened for reading: small files come back inline, large ones as an open descriptor.
+/// Create the temporary file of a new blob (a short call; the body is written by [`Staging`]).
+#[derive(Message)]
+#[rtype(result = "Result<Staging, ActorError>")]
+pub struct OpenStaging {
+    pub blob: String,
+}
+
+impl Handler<OpenStaging> for LocalFsWorker {
+    type Result = Result<Staging, ActorError>;
+    fn handle(&mut self, msg: OpenStaging, _ctx: &mut Self::Context) -> Self::Result {
+        self.open_staging(&msg.blob)
+    }
+}
+
+/// Move a staged file to its blob location and fsync the fan-out folder.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct PublishBlob {
+    pub staged: StagedBlob,
+}
+
+impl Handler<PublishBlob> for LocalFsWorker {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: PublishBlob, _ctx: &mut Self::Context) -> Self::Result {
+        self.publish(&msg.staged.temp, &msg.staged.target)
+    }
+}
+
+/// Remove a temporary file (an upload that failed). Best effort.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DiscardTemp {
+    pub path: PathBuf,
+}
+
+impl Handler<DiscardTemp> for LocalFsWorker {
+    type Result = ();
+    fn handle(&mut self, msg: DiscardTemp, _ctx: &mut Self::Context) {
+        // Only files of our own tmp/ folder.
+        if msg.path.parent() == Some(self.tmp().as_path()) {
+            let _ = fs::remove_file(&msg.path);
+        }
+    }
+}
+
+/// Delete a blob; an absent blob is not an error.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct DeleteBlob {
+    pub blob: String,
+}
+
+impl Handler<DeleteBlob> for LocalFsWorker {
+    type Result = Result<(), ActorError>;
+    fn handle(&mut self, msg: DeleteBlob, _ctx: &mut Self::Context) -> Self::Result {
+        self.delete_blob(&msg.blob)
+    }
+}
+
+/// A blob opened for reading: small blobs come back inline, large ones as an open descriptor.
 #[derive(Debug)]
 pub struct OpenedFile {
     pub len: u64,
@@ -166,22 +255,26 @@ pub struct OpenedFile {
     pub file: Option<File>,
 }
 
-/// Open a file for reading; files up to `inline_limit` bytes are read at once.
+/// Open a blob for reading (`O_NOFOLLOW`); blobs up to `inline_limit` bytes are read at once.
 #[derive(Message)]
 #[rtype(result = "Result<OpenedFile, ActorError>")]
-pub struct OpenFile {
-    pub path: String,
+pub struct OpenBlob {
+    pub blob: String,
     pub inline_limit: u64,
 }
 
-impl Handler<OpenFile> for LocalFsWorker {
+impl Handler<OpenBlob> for LocalFsWorker {
     type Result = Result<OpenedFile, ActorError>;
-    fn handle(&mut self, msg: OpenFile, _ctx: &mut Self::Context) -> Self::Result {
-        let path = self.resolve(&msg.path)?;
-        let mut file = File::open(&path).map_err(|e| ActorError::from_io(&e))?;
+    fn handle(&mut self, msg: OpenBlob, _ctx: &mut Self::Context) -> Self::Result {
+        let path = self.blob_path(&msg.blob)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| ActorError::from_io(&e))?;
         let meta = file.metadata().map_err(|e| ActorError::from_io(&e))?;
-        if meta.is_dir() {
-            return Err(ActorError::IsADirectory);
+        if !meta.is_file() {
+            return Err(ActorError::Storage("blob is not a regular file".into()));
         }
         let len = meta.len();
         if len <= msg.inline_limit {
@@ -193,161 +286,38 @@ impl Handler<OpenFile> for LocalFsWorker {
     }
 }
 
-/// Bytes written to a temporary file beside their final location, durable but not yet visible.
-#[derive(Debug)]
-pub struct StagedFile {
-    pub temp: PathBuf,
-    pub target: PathBuf,
-    pub size: u64,
-}
-
-/// Create the temporary file of an upload (a short call; the body is written by [`Staging`]).
+/// Every blob id on this disk (for `callfs fsck`), with its modification time.
 #[derive(Message)]
-#[rtype(result = "Result<Staging, ActorError>")]
-pub struct OpenStaging {
-    pub path: String,
-}
+#[rtype(result = "Result<Vec<(String, SystemTime)>, ActorError>")]
+pub struct ListBlobs;
 
-impl Handler<OpenStaging> for LocalFsWorker {
-    type Result = Result<Staging, ActorError>;
-    fn handle(&mut self, msg: OpenStaging, _ctx: &mut Self::Context) -> Self::Result {
-        self.open_staging(&msg.path)
+impl Handler<ListBlobs> for LocalFsWorker {
+    type Result = Result<Vec<(String, SystemTime)>, ActorError>;
+    fn handle(&mut self, _msg: ListBlobs, _ctx: &mut Self::Context) -> Self::Result {
+        list_blobs(&self.blobs()).map_err(|e| ActorError::from_io(&e))
     }
 }
 
-/// Atomically move a staged file to its final name (replacing whatever is there) and fsync the directory.
-#[derive(Message)]
-#[rtype(result = "Result<(), ActorError>")]
-pub struct PublishFile {
-    pub temp: PathBuf,
-    pub target: PathBuf,
-}
-
-impl Handler<PublishFile> for LocalFsWorker {
-    type Result = Result<(), ActorError>;
-    fn handle(&mut self, msg: PublishFile, _ctx: &mut Self::Context) -> Self::Result {
-        let dir = msg.target.parent().ok_or_else(|| ActorError::InvalidInput("no parent".into()))?;
-        // The parent may have been removed by a concurrent empty-directory delete since staging.
-        self.create_dirs(dir).map_err(|e| ActorError::from_io(&e))?;
-        fs::rename(&msg.temp, &msg.target).map_err(|e| ActorError::from_io(&e))?;
-        self.sync_dir(dir).map_err(|e| ActorError::from_io(&e))
-    }
-}
-
-/// Remove a file by its on-disk name (a staged temp file or a just-published file). Best effort.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DiscardFile {
-    pub path: PathBuf,
-}
-
-impl Handler<DiscardFile> for LocalFsWorker {
-    type Result = ();
-    fn handle(&mut self, msg: DiscardFile, _ctx: &mut Self::Context) {
-        let _ = fs::remove_file(&msg.path);
-    }
-}
-
-/// Remove the file at a canonical path. An absent file is not an error.
-#[derive(Message)]
-#[rtype(result = "Result<(), ActorError>")]
-pub struct DeleteFile {
-    pub path: String,
-}
-
-impl Handler<DeleteFile> for LocalFsWorker {
-    type Result = Result<(), ActorError>;
-    fn handle(&mut self, msg: DeleteFile, _ctx: &mut Self::Context) -> Self::Result {
-        let path = self.resolve(&msg.path)?;
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => return Err(ActorError::IsADirectory),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            _ => {}
-        }
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    self.sync_dir(dir).map_err(|e| ActorError::from_io(&e))?;
+fn list_blobs(dir: &Path) -> io::Result<Vec<(String, SystemTime)>> {
+    let mut out = Vec::new();
+    let Ok(level1) = fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for a in level1.flatten() {
+        for b in fs::read_dir(a.path())?.flatten() {
+            for blob in fs::read_dir(b.path())?.flatten() {
+                let name = blob.file_name().to_string_lossy().into_owned();
+                if is_blob_id(&name) {
+                    let modified = blob.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+                    out.push((name, modified));
                 }
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ActorError::from_io(&e)),
-        }
-    }
-}
-
-/// Create a directory (and its parents) at a canonical path.
-#[derive(Message)]
-#[rtype(result = "Result<(), ActorError>")]
-pub struct MakeDir {
-    pub path: String,
-}
-
-impl Handler<MakeDir> for LocalFsWorker {
-    type Result = Result<(), ActorError>;
-    fn handle(&mut self, msg: MakeDir, _ctx: &mut Self::Context) -> Self::Result {
-        let path = self.resolve(&msg.path)?;
-        self.create_dirs(&path).map_err(|e| ActorError::from_io(&e))
-    }
-}
-
-/// Remove an empty directory; absent or non-empty (orphans) is silently kept.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RemoveDir {
-    pub path: String,
-}
-
-impl Handler<RemoveDir> for LocalFsWorker {
-    type Result = ();
-    fn handle(&mut self, msg: RemoveDir, _ctx: &mut Self::Context) {
-        if let Ok(path) = self.resolve(&msg.path) {
-            let _ = fs::remove_dir(path);
-        }
-    }
-}
-
-/// `rename(2)` a file or a directory subtree, creating the destination's parents.
-#[derive(Message)]
-#[rtype(result = "Result<(), ActorError>")]
-pub struct MovePath {
-    pub from: String,
-    pub to: String,
-    /// Replace a file or an empty directory at `to`; otherwise an existing `to` is `AlreadyExists`.
-    pub replace: bool,
-}
-
-impl Handler<MovePath> for LocalFsWorker {
-    type Result = Result<(), ActorError>;
-    fn handle(&mut self, msg: MovePath, _ctx: &mut Self::Context) -> Self::Result {
-        let from = self.resolve(&msg.from)?;
-        let to = self.resolve(&msg.to)?;
-        if fs::symlink_metadata(&from).is_err() {
-            return Err(ActorError::NotFound);
-        }
-        let to_dir = to.parent().ok_or_else(|| ActorError::InvalidInput("no parent".into()))?;
-        self.create_dirs(to_dir).map_err(|e| ActorError::from_io(&e))?;
-        if let Ok(existing) = fs::symlink_metadata(&to) {
-            let empty_dir = existing.is_dir() && fs::read_dir(&to).map(|mut d| d.next().is_none()).unwrap_or(false);
-            if !msg.replace && !empty_dir {
-                return Err(ActorError::AlreadyExists);
-            }
-            if existing.is_dir() && from.is_dir() {
-                // rename(2) replaces a directory only when it is empty; an orphan-holding one is set aside.
-                let _ = fs::remove_dir(&to);
             }
         }
-        fs::rename(&from, &to).map_err(|e| ActorError::from_io(&e))?;
-        self.sync_dir(to_dir).map_err(|e| ActorError::from_io(&e))?;
-        if let Some(from_dir) = from.parent().filter(|d| *d != to_dir) {
-            self.sync_dir(from_dir).map_err(|e| ActorError::from_io(&e))?;
-        }
-        Ok(())
     }
+    Ok(out)
 }
 
-/// Delete leftovers of uploads that were in flight when the node stopped.
+/// Delete leftovers in `tmp/` of uploads that were in flight when the node stopped.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct SweepTempFiles {
@@ -357,27 +327,109 @@ pub struct SweepTempFiles {
 impl Handler<SweepTempFiles> for LocalFsWorker {
     type Result = usize;
     fn handle(&mut self, msg: SweepTempFiles, _ctx: &mut Self::Context) -> usize {
-        sweep(&self.root, msg.older_than)
+        sweep_tmp(&self.tmp(), msg.older_than)
     }
 }
 
-fn sweep(dir: &Path, older_than: SystemTime) -> usize {
+fn sweep_tmp(dir: &Path, older_than: SystemTime) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            removed += sweep(&entry.path(), older_than);
-        } else if kind.is_file() && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let is_file = entry.file_type().is_ok_and(|k| k.is_file());
+        if is_file && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
             let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < older_than);
             if stale && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
+    }
+    removed
+}
+
+/// Convert revision-1 files (bytes at `<root>/<path>`) to blobs: each `(id, path)` whose old file
+/// exists is renamed to a new blob. Returns `(id, blob)` of the converted ones; the caller records
+/// them in metadata, then asks for [`RemoveLegacyFolders`].
+#[derive(Message)]
+#[rtype(result = "Vec<(i64, String)>")]
+pub struct ConvertLegacy {
+    pub files: Vec<(i64, String)>,
+}
+
+impl Handler<ConvertLegacy> for LocalFsWorker {
+    type Result = Vec<(i64, String)>;
+    fn handle(&mut self, msg: ConvertLegacy, _ctx: &mut Self::Context) -> Self::Result {
+        let mut converted = Vec::new();
+        for (id, path) in msg.files {
+            let Some(old) = self.legacy_path(&path) else { continue };
+            if !fs::symlink_metadata(&old).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let blob = new_blob_id();
+            let Ok(target) = self.blob_path(&blob) else { continue };
+            if self.publish(&old, &target).is_ok() {
+                converted.push((id, blob));
+            }
+        }
+        converted
+    }
+}
+
+impl LocalFsWorker {
+    /// Where revision 1 kept a canonical path's bytes; `None` for anything that could leave the root.
+    fn legacy_path(&self, path: &str) -> Option<PathBuf> {
+        let mut out = self.root.clone();
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            if segment == "." || segment == ".." || segment.contains('\0') {
+                return None;
+            }
+            out.push(segment);
+        }
+        (out != self.root).then_some(out)
+    }
+}
+
+/// After a conversion: remove every empty revision-1 folder (and stale temp files in them).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RemoveLegacyFolders;
+
+impl Handler<RemoveLegacyFolders> for LocalFsWorker {
+    type Result = usize;
+    fn handle(&mut self, _msg: RemoveLegacyFolders, _ctx: &mut Self::Context) -> usize {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == "blobs" || name == "tmp" {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|k| k.is_dir()) {
+                removed += remove_empty_tree(&entry.path());
+            }
+        }
+        removed
+    }
+}
+
+/// Removes empty folders bottom-up (and revision-1 temp files); keeps anything else.
+fn remove_empty_tree(dir: &Path) -> usize {
+    let mut removed = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let kind = entry.file_type();
+            if kind.as_ref().is_ok_and(|k| k.is_dir()) {
+                removed += remove_empty_tree(&entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    if fs::remove_dir(dir).is_ok() {
+        removed += 1;
     }
     removed
 }
@@ -394,10 +446,12 @@ impl Handler<CheckRoot> for LocalFsWorker {
     }
 }
 
-/// Creates the root if needed and proves it is a writable directory.
+/// Creates the root (with `blobs/` and `tmp/`) if needed and proves it is writable.
 pub fn check_root(root: &Path) -> Result<(), ActorError> {
-    fs::create_dir_all(root).map_err(|e| ActorError::Storage(format!("cannot create {}: {e}", root.display())))?;
-    let probe = root.join(format!("{TEMP_PREFIX}probe-{}", hex::encode(rand::random::<[u8; 4]>())));
+    for dir in [root.to_path_buf(), root.join("blobs"), root.join("tmp")] {
+        fs::create_dir_all(&dir).map_err(|e| ActorError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let probe = root.join("tmp").join(format!("{TEMP_PREFIX}probe-{}", hex::encode(rand::random::<[u8; 4]>())));
     File::create(&probe)
         .and_then(|_| fs::remove_file(&probe))
         .map_err(|e| ActorError::Storage(format!("{} is not writable: {e}", root.display())))
@@ -486,50 +540,91 @@ mod tests {
 
     fn worker() -> (LocalFsWorker, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
+        check_root(dir.path()).unwrap();
         (LocalFsWorker::new(dir.path().to_path_buf(), true), dir)
     }
 
     #[actix::test]
-    async fn staged_upload_is_invisible_until_published() {
+    async fn staged_blob_is_invisible_until_published() {
         let (w, dir) = worker();
-        let mut staging = w.open_staging("/a/b.txt").unwrap();
+        let blob = new_blob_id();
+        let mut staging = w.open_staging(&blob).unwrap();
         staging.write(Bytes::from_static(b"hello ")).await.unwrap();
         staging.write(Bytes::from_static(b"world")).await.unwrap();
         let staged = staging.finish().await.unwrap();
         assert_eq!(staged.size, 11);
-        assert!(!dir.path().join("a/b.txt").exists());
-        assert!(staged.temp.file_name().unwrap().to_string_lossy().starts_with(TEMP_PREFIX));
-        fs::rename(&staged.temp, &staged.target).unwrap();
-        assert_eq!(fs::read(dir.path().join("a/b.txt")).unwrap(), b"hello world");
+        let at = dir.path().join("blobs").join(&blob[0..2]).join(&blob[2..4]).join(&blob);
+        assert!(!at.exists());
+        assert!(staged.temp.starts_with(dir.path().join("tmp")));
+        w.publish(&staged.temp, &staged.target).unwrap();
+        assert_eq!(fs::read(&at).unwrap(), b"hello world");
+        // Blobs are immutable: publishing onto an existing id is refused.
+        let mut again = w.open_staging(&blob).unwrap();
+        again.write(Bytes::from_static(b"x")).await.unwrap();
+        let again = again.finish().await.unwrap();
+        assert_eq!(w.publish(&again.temp, &again.target), Err(ActorError::AlreadyExists));
+        assert_eq!(list_blobs(&dir.path().join("blobs")).unwrap().len(), 1);
+        w.delete_blob(&blob).unwrap();
+        w.delete_blob(&blob).unwrap();
+        assert!(!at.exists());
     }
 
     #[test]
-    fn a_path_the_os_cannot_name_is_refused_before_anything_is_created() {
+    fn only_well_formed_blob_ids_reach_the_disk() {
+        let (w, _dir) = worker();
+        for bad in ["../../etc/passwd", "ABCDEF0123456789abcdef0123456789", "abc", &"a".repeat(33), "/a/b"] {
+            assert!(matches!(w.blob_path(bad), Err(ActorError::InvalidInput(_))), "{bad}");
+        }
+        assert!(w.blob_path(&new_blob_id()).is_ok());
+        assert!(is_blob_id(&new_blob_id()));
+    }
+
+    #[test]
+    fn legacy_files_are_converted_and_old_folders_removed() {
         let (w, dir) = worker();
-        let long: String = (0..17).map(|i| format!("/{}", "d".repeat(240) + &i.to_string())).collect();
-        assert!(matches!(w.open_staging(&long), Err(ActorError::InvalidInput(_))));
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no directory may remain");
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/c.txt"), b"old").unwrap();
+        fs::create_dir_all(dir.path().join("empty/deeper")).unwrap();
+        let mut w = w;
+        let mut out = Vec::new();
+        for (id, path) in [(7, "/a/b/c.txt".to_string()), (8, "/missing.txt".to_string())] {
+            let old = w.legacy_path(&path).unwrap();
+            if old.is_file() {
+                let blob = new_blob_id();
+                w.publish(&old, &w.blob_path(&blob).unwrap()).unwrap();
+                out.push((id, blob));
+            }
+        }
+        assert_eq!(out.len(), 1);
+        let blob = &out[0].1;
+        assert_eq!(fs::read(w.blob_path(blob).unwrap()).unwrap(), b"old");
+        assert!(w.legacy_path("/../x").is_none());
+        let removed = {
+            let w = &mut w;
+            let mut n = 0;
+            for entry in fs::read_dir(&w.root).unwrap().flatten() {
+                let name = entry.file_name();
+                if name != "blobs" && name != "tmp" && entry.path().is_dir() {
+                    n += remove_empty_tree(&entry.path());
+                }
+            }
+            n
+        };
+        assert_eq!(removed, 4, "a, a/b, empty, empty/deeper");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "only blobs/ and tmp/ remain: {left:?}");
     }
 
     #[test]
     fn sweep_removes_only_stale_temp_files() {
         let (_w, dir) = worker();
-        fs::create_dir_all(dir.path().join("d")).unwrap();
-        fs::write(dir.path().join("d/.callfs-tmp-old"), b"x").unwrap();
-        fs::write(dir.path().join("d/keep.txt"), b"x").unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::write(tmp.join(".callfs-tmp-old"), b"x").unwrap();
+        fs::write(tmp.join("keep.txt"), b"x").unwrap();
         let cutoff = SystemTime::now() + std::time::Duration::from_secs(1);
-        assert_eq!(sweep(dir.path(), cutoff), 1);
-        assert!(dir.path().join("d/keep.txt").exists());
-        assert_eq!(sweep(dir.path(), SystemTime::UNIX_EPOCH), 0);
-    }
-
-    #[test]
-    fn symlink_out_of_root_is_refused() {
-        let (w, dir) = worker();
-        let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
-        assert_eq!(w.resolve("/escape/passwd"), Err(ActorError::OutsideRoot));
-        assert_eq!(w.resolve("/missing/x").unwrap(), dir.path().join("missing/x"));
+        assert_eq!(sweep_tmp(&tmp, cutoff), 1);
+        assert!(tmp.join("keep.txt").exists());
+        assert_eq!(sweep_tmp(&tmp, SystemTime::UNIX_EPOCH), 0);
     }
 
     #[actix::test]

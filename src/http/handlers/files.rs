@@ -118,9 +118,9 @@ pub async fn get(
         let ops = (CrossServerOp::ProxyRead, BackendOp::Open);
         return forward(req, node, to_owner(owner, "GET", &parsed.path, identity, ops)).await;
     }
-    let mut res = HttpResponse::Ok();
-    metadata_headers(&mut res, &entry);
     if entry.is_dir() {
+        let mut res = HttpResponse::Ok();
+        metadata_headers(&mut res, &entry);
         let children = files::list_children(node, &entry).await?;
         let items: Vec<_> = children.iter().map(item).collect();
         return Ok(res.body(serde_json::Value::Array(items).to_string()));
@@ -138,8 +138,12 @@ pub async fn get(
         metadata_headers(&mut res, &entry);
         return Ok(res.finish());
     }
-    // Ranges are cut from the bytes actually opened, whatever the row said.
-    let opened = files::open(node, &entry).await?;
+    // Headers and ranges come from the row whose blob was opened: they always name the bytes sent.
+    let (entry, opened) = files::open(node, entry).await?;
+    let mut res = HttpResponse::Ok();
+    metadata_headers(&mut res, &entry);
+    let etag = entry.etag();
+    let validators = Validators { etag: &etag, mtime: entry.mtime };
     let total = opened.total;
     let (offset, len) = match plan(&conditions, &validators, total) {
         Plan::NotModified | Plan::Full => (0, total),

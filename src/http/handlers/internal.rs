@@ -1,15 +1,16 @@
-//! Internal byte endpoints (cluster.md §8): this node's localfs bytes only, never metadata.
-//! Only a caller holding the internal secret may reach them; each handler checks that itself.
+//! The internal blob endpoint (cluster.md §8): this node's localfs blobs by id, for relocations
+//! by other nodes. Only a caller holding the internal secret may reach it; the handler checks that
+//! itself as well as the pipeline.
 
-use actix_web::{web, HttpResponse};
-use callfs_actors::storage::localfs::{DeleteFile, MovePath};
-use serde::Deserialize;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse};
 
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::http::handlers::files::read_json_object;
+use crate::files::{self, Content};
+use crate::http::conditional::{plan, Conditions, Plan, Validators};
+use crate::http::handlers::files::AnnouncedLength;
 use crate::node::Node;
-use crate::path::{parse_json_path, ParsedPath};
 
 fn require_internal(identity: &Identity) -> Result<(), ApiError> {
     if identity.internal {
@@ -19,30 +20,36 @@ fn require_internal(identity: &Identity) -> Result<(), ApiError> {
     }
 }
 
-pub async fn delete_bytes(node: &Node, identity: &Identity, parsed: ParsedPath) -> Result<HttpResponse, ApiError> {
+/// `GET` / `HEAD /v1/internal/blobs/{blob}`: the blob's bytes (`Range` honoured).
+pub async fn get_blob(
+    req: &HttpRequest,
+    node: &Node,
+    identity: &Identity,
+    blob: String,
+    head: bool,
+) -> Result<HttpResponse, ApiError> {
     require_internal(identity)?;
-    if parsed.path.is_root() {
-        return Err(ApiError::BadRequest("the root cannot be deleted".into()));
+    let opened = files::open_local_blob(node, blob).await?;
+    let total = opened.total;
+    let mut res = HttpResponse::Ok();
+    res.content_type("application/octet-stream").insert_header((header::ACCEPT_RANGES, "bytes"));
+    if head {
+        return Ok(res.body(AnnouncedLength(total)));
     }
-    node.disk(DeleteFile { path: parsed.path.as_str().to_string() }).await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MoveBody {
-    from: String,
-    to: String,
-}
-
-pub async fn move_bytes(node: &Node, identity: &Identity, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    require_internal(identity)?;
-    let body: MoveBody = read_json_object(payload, 64 * 1024, node.settings.read_timeout).await?;
-    let from = parse_json_path(&body.from)?.path;
-    let to = parse_json_path(&body.to)?.path;
-    if from.is_root() || to.is_root() {
-        return Err(ApiError::BadRequest("the root cannot be moved".into()));
-    }
-    node.disk(MovePath { from: from.as_str().into(), to: to.as_str().into(), replace: false }).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+    let conditions = Conditions { range, if_range: None, if_none_match: None, if_modified_since: None };
+    let validators = Validators { etag: "", mtime: chrono::NaiveDateTime::default() };
+    let (offset, len) = match plan(&conditions, &validators, total) {
+        Plan::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(total)),
+        Plan::Partial { first, last } => {
+            res.status(StatusCode::PARTIAL_CONTENT)
+                .insert_header((header::CONTENT_RANGE, format!("bytes {first}-{last}/{total}")));
+            (first, last - first + 1)
+        }
+        Plan::Full | Plan::NotModified => (0, total),
+    };
+    Ok(match opened.range(offset, len) {
+        Content::Inline(bytes) => res.body(bytes),
+        Content::Stream(stream, len) => res.no_chunking(len).streaming(stream),
+    })
 }

@@ -133,7 +133,7 @@ pub async fn download(
         }
         return Ok(res);
     }
-    let content = files::open(node, &entry).await?.whole();
+    let content = files::open(node, entry).await?.1.whole();
     let mut res = HttpResponse::Ok();
     res.content_type("application/octet-stream")
         .insert_header((header::CONTENT_DISPOSITION, disposition))
