@@ -300,12 +300,14 @@ impl Handler<ListBlobs> for LocalFsWorker {
 
 fn list_blobs(dir: &Path) -> io::Result<Vec<(String, SystemTime)>> {
     let mut out = Vec::new();
-    let Ok(level1) = fs::read_dir(dir) else {
-        return Ok(out);
+    let subdirs = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|k| k.is_dir())).map(|e| e.path()).collect())
+            .unwrap_or_default()
     };
-    for a in level1.flatten() {
-        for b in fs::read_dir(a.path())?.flatten() {
-            for blob in fs::read_dir(b.path())?.flatten() {
+    for a in subdirs(dir) {
+        for b in subdirs(&a) {
+            for blob in fs::read_dir(&b)?.flatten() {
                 let name = blob.file_name().to_string_lossy().into_owned();
                 if is_blob_id(&name) {
                     let modified = blob.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
