@@ -95,6 +95,8 @@ impl From<DieselError> for ActorError {
     fn from(err: DieselError) -> Self {
         match err {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => ActorError::AlreadyExists,
+            // A parent deleted or a child inserted by a concurrent transaction.
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => ActorError::Changed,
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 ActorError::MetadataUnavailable(info.message().to_string())
             }
@@ -529,18 +531,29 @@ impl MetadataStore {
     }
 
     pub fn create_entry(&self, entry: NewEntry, fences: &[Fence]) -> Result<Inode, ActorError> {
+        // A parent deleted between our read of it and the insert: create it again, once.
+        match self.create_entry_once(&entry, fences) {
+            Err(ActorError::Changed) => self.create_entry_once(&entry, fences),
+            other => other,
+        }
+    }
+
+    fn create_entry_once(&self, entry: &NewEntry, fences: &[Fence]) -> Result<Inode, ActorError> {
         let is_pg = self.is_pg();
         self.run(MetadataOp::Create, |conn| {
             write_tx!(conn, c => {
                 check_fences!(c, fences, is_pg);
-                let parent_id = ensure_parents!(c, &entry, &entry.path);
+                let parent_id = ensure_parents!(c, entry, &entry.path);
                 if is_pg {
                     // Holds the parent against a concurrent delete or move until this commit.
-                    diesel::sql_query("SELECT id FROM inodes WHERE id = $1 FOR SHARE")
+                    let held = diesel::sql_query("SELECT id FROM inodes WHERE id = $1 FOR SHARE")
                         .bind::<diesel::sql_types::BigInt, _>(parent_id)
                         .execute(c)?;
+                    if held == 0 {
+                        return Err(ActorError::Changed);
+                    }
                 }
-                let row = new_row(&entry, parent_id, &entry.path, entry.is_dir);
+                let row = new_row(entry, parent_id, &entry.path, entry.is_dir);
                 let inode = diesel::insert_into(inodes::table)
                     .values(&row)
                     .returning(Inode::as_returning())
@@ -642,6 +655,8 @@ impl Handler<DeleteEntry> for MetadataStore {
     type Result = Result<(), ActorError>;
     fn handle(&mut self, msg: DeleteEntry, _ctx: &mut Self::Context) -> Self::Result {
         let is_pg = self.is_pg();
+        // A child inserted concurrently keeps the directory (foreign key): it is not empty.
+        let not_empty = |err| if err == ActorError::Changed { ActorError::DirectoryNotEmpty } else { err };
         self.run(MetadataOp::Delete, |conn| {
             write_tx!(conn, c => {
                 check_fences!(c, msg.fences, is_pg);
@@ -660,6 +675,7 @@ impl Handler<DeleteEntry> for MetadataStore {
                 Ok(())
             })
         })
+        .map_err(not_empty)
     }
 }
 
