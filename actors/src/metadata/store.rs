@@ -902,6 +902,9 @@ pub struct RenameEntry {
     pub parents: NewEntry,
     /// The source row as planned: a different row at the source path is [`ActorError::Changed`].
     pub source_id: i64,
+    /// The destination row the caller was authorised to replace (`None`: the path was free). Any
+    /// other row found there in the transaction is [`ActorError::Changed`], never replaced.
+    pub destination_id: Option<i64>,
     pub fences: Vec<Fence>,
 }
 
@@ -949,6 +952,10 @@ impl MetadataStore {
                         return Err(ActorError::InvalidInput("destination parent directory does not exist".into()))
                     }
                 };
+                let replaced = existing.as_ref().filter(|e| e.id != source.id).map(|e| e.id);
+                if replaced.is_some() && replaced != msg.destination_id {
+                    return Err(ActorError::Changed);
+                }
                 if let Some(existing) = existing.filter(|e| e.id != source.id) {
                     if !msg.overwrite || existing.kind != source.kind {
                         return Err(ActorError::AlreadyExists);
@@ -1192,6 +1199,7 @@ mod tests {
             create_parents: false,
             parents: entry("/dst", true),
             source_id: get(&actor, "/src").unwrap().id,
+            destination_id: None,
             fences: Vec::new(),
         };
         let moved = actor.rename_entry(msg);
@@ -1229,6 +1237,31 @@ mod tests {
         let stale = ctx_s.switch_blob(switch(&file, 1, "c".repeat(32).as_str()));
         assert_eq!(stale.unwrap_err(), ActorError::Changed);
         assert_eq!(get(&ctx_s, "/f.txt").unwrap().blob.as_deref(), Some("b".repeat(32).as_str()));
+    }
+
+    #[test]
+    fn a_rename_never_replaces_a_destination_it_was_not_authorised_against() {
+        let (s, _dir) = store();
+        create(&s, "/mine.txt", false).unwrap();
+        // Planned onto a free path; a file appeared there before the commit (moved in with its
+        // directory, say): the commit refuses rather than replacing someone else's file.
+        let theirs = create(&s, "/dst/t.txt", false).unwrap();
+        let mut msg = RenameEntry {
+            source_path: "/mine.txt".into(),
+            destination_path: "/dst/t.txt".into(),
+            overwrite: true,
+            create_parents: true,
+            parents: entry("/dst", true),
+            source_id: get(&s, "/mine.txt").unwrap().id,
+            destination_id: None,
+            fences: Vec::new(),
+        };
+        assert_eq!(s.rename_entry(msg.clone()), Err(ActorError::Changed));
+        assert_eq!(get(&s, "/dst/t.txt").unwrap().id, theirs.id, "the other file survives");
+        assert!(garbage(&s).is_empty(), "nothing released");
+        msg.destination_id = Some(theirs.id);
+        assert_eq!(s.rename_entry(msg).unwrap().path, "/dst/t.txt");
+        assert_eq!(garbage(&s), vec![theirs.blob.unwrap()], "the authorised replacement is collected");
     }
 
     #[test]
