@@ -182,7 +182,14 @@ pub async fn plan_write(
     }
     let lineage = lineage(node, path).await?;
     check_write(identity, &lineage)?;
-    let plan = check_writable_target(node, &lineage, mode)?;
+    let plan = match check_writable_target(node, &lineage, mode)? {
+        // Forwarded here, but the file moved on meanwhile: the one-hop rule forbids forwarding
+        // again, and a content write needs no old byte, so it is stored here and switched to.
+        WritePlan::Forward(_) if identity.proxied_by.is_some() => {
+            WritePlan::Local(lineage.target.clone().map(Box::new))
+        }
+        plan => plan,
+    };
     if lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
     }
