@@ -12,6 +12,7 @@ use super::schema::{blob_garbage, blob_intents, inodes, single_use_links};
 use super::{Inode, DIRECTORY, FILE};
 use crate::error::ActorError;
 use crate::metrics::{ErrorKind, MetadataOp, Metrics};
+use crate::storage::Backend;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
@@ -748,19 +749,29 @@ impl Handler<DropGarbage> for MetadataStore {
 pub struct DueGarbage {
     pub instance_id: String,
     pub limit: i64,
+    /// `Localfs`: this node's localfs garbage; `S3`: the shared bucket's garbage, whoever recorded it.
+    pub backend: Backend,
 }
 
 impl Handler<DueGarbage> for MetadataStore {
     type Result = Result<Vec<String>, ActorError>;
     fn handle(&mut self, msg: DueGarbage, _ctx: &mut Self::Context) -> Self::Result {
         self.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => blob_garbage::table
-                .filter(blob_garbage::instance_id.eq(&msg.instance_id))
-                .filter(blob_garbage::backend_type.eq("localfs"))
-                .filter(blob_garbage::delete_after.lt(now()))
-                .select(blob_garbage::blob)
-                .limit(msg.limit)
-                .load(c))?)
+            Ok(match msg.backend {
+                Backend::Localfs => with_conn!(conn, c => blob_garbage::table
+                    .filter(blob_garbage::instance_id.eq(&msg.instance_id))
+                    .filter(blob_garbage::backend_type.eq("localfs"))
+                    .filter(blob_garbage::delete_after.lt(now()))
+                    .select(blob_garbage::blob)
+                    .limit(msg.limit)
+                    .load(c))?,
+                Backend::S3 => with_conn!(conn, c => blob_garbage::table
+                    .filter(blob_garbage::backend_type.eq("s3"))
+                    .filter(blob_garbage::delete_after.lt(now()))
+                    .select(blob_garbage::blob)
+                    .limit(msg.limit)
+                    .load(c))?,
+            })
         })
     }
 }
@@ -772,6 +783,8 @@ impl Handler<DueGarbage> for MetadataStore {
 pub struct StaleIntents {
     pub instance_id: String,
     pub started_at: NaiveDateTime,
+    /// `S3`: intents of the shared bucket (no instance), stale only when untouched for an hour.
+    pub backend: Backend,
 }
 
 impl Handler<StaleIntents> for MetadataStore {
@@ -779,11 +792,19 @@ impl Handler<StaleIntents> for MetadataStore {
     fn handle(&mut self, msg: StaleIntents, _ctx: &mut Self::Context) -> Self::Result {
         let idle = now() - chrono::Duration::hours(1);
         self.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => blob_intents::table
-                .filter(blob_intents::instance_id.eq(&msg.instance_id))
-                .filter(blob_intents::created_at.lt(msg.started_at).or(blob_intents::touched_at.lt(idle)))
-                .select(blob_intents::blob)
-                .load(c))?)
+            Ok(match msg.backend {
+                Backend::Localfs => with_conn!(conn, c => blob_intents::table
+                    .filter(blob_intents::instance_id.eq(&msg.instance_id))
+                    .filter(blob_intents::backend_type.eq("localfs"))
+                    .filter(blob_intents::created_at.lt(msg.started_at).or(blob_intents::touched_at.lt(idle)))
+                    .select(blob_intents::blob)
+                    .load(c))?,
+                Backend::S3 => with_conn!(conn, c => blob_intents::table
+                    .filter(blob_intents::backend_type.eq("s3"))
+                    .filter(blob_intents::touched_at.lt(idle))
+                    .select(blob_intents::blob)
+                    .load(c))?,
+            })
         })
     }
 }
