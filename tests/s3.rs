@@ -252,8 +252,42 @@ fn tiering_both_ways(db: Db) {
     assert!(blob_with(&n.data_root, &data).is_some(), "the bytes are a localfs blob again");
 }
 
+fn fsck(n: &Node) -> (i32, String) {
+    let out = callfs_cmd().arg("fsck").arg("--config").arg(&n.config_path).output().expect("run callfs fsck");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `callfs fsck` covers the bucket: rows whose object is missing and objects nothing references.
+fn fsck_covers_the_bucket(db: Db) {
+    let s3 = S3Server::start();
+    let Some(bucket_dir) = s3.bucket_dir.clone() else { return };
+    let n = s3_node(db, &s3);
+    assert_eq!(n.post("/v1/files/kept.txt", ALICE_KEY, b"kept").status, 201);
+    assert_eq!(n.post("/v1/files/lost.txt", ALICE_KEY, b"lost").status, 201);
+    let (code, out) = fsck(&n);
+    assert_eq!(code, 0, "clean bucket: {out}");
+    assert!(out.contains("fsck: clean"), "{out}");
+
+    // An object without a row, and a row without its object.
+    let objects = s3.objects();
+    assert_eq!(objects.len(), 2);
+    let stray = "0123456789abcdef0123456789abcdef";
+    std::fs::copy(bucket_dir.join("blobs").join(&objects[0]), bucket_dir.join("blobs").join(stray)).unwrap();
+    let lost_blob =
+        objects.iter().find(|b| std::fs::read(bucket_dir.join("blobs").join(b)).unwrap() == b"lost").unwrap().clone();
+    std::fs::remove_file(bucket_dir.join("blobs").join(&lost_blob)).unwrap();
+    let (code, out) = fsck(&n);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("unreferenced blob: {stray}")), "{out}");
+    assert!(out.contains("missing bytes: /lost.txt"), "{out}");
+    // The node reports the missing object as a missing file.
+    assert_eq!(n.get("/v1/files/lost.txt", ALICE_KEY).status, 404);
+    assert_eq!(fetch(&n, "/kept.txt"), b"kept");
+}
+
 db_tests!(
     s3_file_api,
+    fsck_covers_the_bucket,
     s3_large_transfer,
     s3_server_killed_mid_upload,
     localfs_files_survive_the_switch,

@@ -814,6 +814,8 @@ impl Handler<StaleIntents> for MetadataStore {
 #[rtype(result = "Result<BlobReferences, ActorError>")]
 pub struct ListBlobReferences {
     pub instance_id: String,
+    /// `Localfs`: this node's blobs; `S3`: the shared bucket's (every node's).
+    pub backend: Backend,
 }
 
 #[derive(Debug, Default)]
@@ -824,25 +826,47 @@ pub struct BlobReferences {
     pub garbage: Vec<String>,
 }
 
+/// `(blob, path)` of a file row as stored (the blob may be NULL on revision-1 rows).
+type BlobRow = (Option<String>, String);
+
 impl Handler<ListBlobReferences> for MetadataStore {
     type Result = Result<BlobReferences, ActorError>;
     fn handle(&mut self, msg: ListBlobReferences, _ctx: &mut Self::Context) -> Self::Result {
         self.run(MetadataOp::ListSubtree, |conn| {
             with_conn!(conn, c => {
-                let rows: Vec<(Option<String>, String)> = inodes::table
-                    .filter(inodes::kind.eq(FILE))
-                    .filter(inodes::backend_type.eq("localfs"))
-                    .filter(inodes::callfs_instance_id.eq(&msg.instance_id))
-                    .select((inodes::blob, inodes::path))
-                    .load(c)?;
-                let intents = blob_intents::table
-                    .filter(blob_intents::instance_id.eq(&msg.instance_id))
-                    .select(blob_intents::blob)
-                    .load(c)?;
-                let garbage = blob_garbage::table
-                    .filter(blob_garbage::instance_id.eq(&msg.instance_id))
-                    .select(blob_garbage::blob)
-                    .load(c)?;
+                let (rows, intents, garbage): (Vec<BlobRow>, Vec<String>, Vec<String>) = match msg.backend {
+                    Backend::Localfs => (
+                        inodes::table
+                            .filter(inodes::kind.eq(FILE))
+                            .filter(inodes::backend_type.eq("localfs"))
+                            .filter(inodes::callfs_instance_id.eq(&msg.instance_id))
+                            .select((inodes::blob, inodes::path))
+                            .load(c)?,
+                        blob_intents::table
+                            .filter(blob_intents::instance_id.eq(&msg.instance_id))
+                            .select(blob_intents::blob)
+                            .load(c)?,
+                        blob_garbage::table
+                            .filter(blob_garbage::instance_id.eq(&msg.instance_id))
+                            .select(blob_garbage::blob)
+                            .load(c)?,
+                    ),
+                    Backend::S3 => (
+                        inodes::table
+                            .filter(inodes::kind.eq(FILE))
+                            .filter(inodes::backend_type.eq("s3"))
+                            .select((inodes::blob, inodes::path))
+                            .load(c)?,
+                        blob_intents::table
+                            .filter(blob_intents::backend_type.eq("s3"))
+                            .select(blob_intents::blob)
+                            .load(c)?,
+                        blob_garbage::table
+                            .filter(blob_garbage::backend_type.eq("s3"))
+                            .select(blob_garbage::blob)
+                            .load(c)?,
+                    ),
+                };
                 let rows = rows.into_iter().map(|(b, p)| (b.unwrap_or_default(), p)).collect();
                 Ok::<_, ActorError>(BlobReferences { rows, intents, garbage })
             })

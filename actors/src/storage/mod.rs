@@ -166,12 +166,7 @@ impl BlobStore {
     pub fn delete_later(&self, blob: &str) {
         match self {
             BlobStore::Localfs(addr) => addr.do_send(DeleteBlob { blob: blob.to_string() }),
-            BlobStore::S3(worker) => {
-                let (worker, blob) = (worker.clone(), blob.to_string());
-                actix::spawn(async move {
-                    let _ = worker.delete(&blob).await;
-                });
-            }
+            BlobStore::S3(worker) => worker.delete_later(blob),
         }
     }
 

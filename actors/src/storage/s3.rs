@@ -252,6 +252,17 @@ impl S3Worker {
         .await
     }
 
+    /// Deletes a blob's object in the background, on the S3 runtime (cleanup from `Drop`).
+    pub fn delete_later(&self, blob: &str) {
+        let worker = self.clone();
+        let blob = blob.to_string();
+        self.inner.runtime.spawn(async move {
+            if worker.delete(&blob).await.is_err() {
+                log::warn!(blob = blob.as_str(); "could not delete an uncommitted S3 blob; the sweep settles its intent");
+            }
+        });
+    }
+
     /// Every blob in the bucket (`blobs/` prefix) with its modification time.
     pub async fn list(&self) -> Result<Vec<(String, SystemTime)>, ActorError> {
         self.run(|inner| async move {
