@@ -48,6 +48,7 @@ fn s3_file_api(db: Db) {
     let h = n.head("/v1/files/docs/a.txt", ALICE_KEY);
     assert_eq!(h.header("x-callfs-backend"), Some("s3"), "{}", h.describe());
     assert_eq!(h.header("x-callfs-size"), Some("8"));
+    assert_eq!(h.header("x-callfs-instance-id"), Some(INSTANCE_ID), "the serving node");
     if s3.is_local() {
         assert_eq!(s3.objects().len(), 1, "one object in the bucket");
     }
@@ -283,6 +284,42 @@ fn fsck_covers_the_bucket(db: Db) {
     // The node reports the missing object as a missing file.
     assert_eq!(n.get("/v1/files/lost.txt", ALICE_KEY).status, 404);
     assert_eq!(fetch(&n, "/kept.txt"), b"kept");
+}
+
+/// Sum of a counter family over all its series.
+fn family_sum(text: &str, name: &str) -> f64 {
+    parse_metrics(text).into_iter().filter(|(n, _, _)| n == name).map(|(_, _, v)| v).sum()
+}
+
+/// Two nodes sharing one PostgreSQL database and one bucket: a file written through node 1 is read
+/// through node 2 with no peer hop, and stays readable after node 1 is killed.
+#[test]
+fn two_nodes_share_the_bucket() {
+    if skip_postgres() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let mut n1 = Node::start(s3.node_options(NodeOptions::new(Db::Postgres)));
+    let dsn = n1.config["metadata_store"]["dsn"].as_str().unwrap().to_string();
+    let n2 = Node::start(
+        s3.node_options(NodeOptions::new(Db::Sqlite))
+            .set("metadata_store", json!({"type": "postgres", "dsn": dsn}))
+            .set("instance_discovery.instance_id", json!("test-node-2")),
+    );
+    let data = random_bytes((3 * MIB) as usize, 11);
+    assert_eq!(n1.post("/v1/files/shared/f.bin", ALICE_KEY, &data).status, 201);
+    let before = family_sum(&n2.metrics(), "callfs_cross_server_operations_total");
+    let r = n2.get("/v1/files/shared/f.bin", BOB_KEY);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
+    assert_eq!(r.header("x-callfs-instance-id"), Some("test-node-2"), "served by node 2 itself");
+    // An overwrite through node 2, read back through node 1.
+    assert_eq!(n2.put("/v1/files/shared/f.bin", BOB_KEY, b"v2").status, 403, "bob does not own it");
+    assert_eq!(n2.put("/v1/files/shared/f.bin", ALICE_KEY, b"v2").status, 200);
+    assert_eq!(fetch(&n1, "/shared/f.bin"), b"v2");
+    assert_eq!(family_sum(&n2.metrics(), "callfs_cross_server_operations_total"), before, "no peer hop for S3 files");
+    n1.kill9();
+    assert_eq!(fetch(&n2, "/shared/f.bin"), b"v2", "readable with node 1 dead");
 }
 
 db_tests!(
