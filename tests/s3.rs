@@ -322,6 +322,39 @@ fn two_nodes_share_the_bucket() {
     assert_eq!(fetch(&n2, "/shared/f.bin"), b"v2", "readable with node 1 dead");
 }
 
+/// A bucket that cannot be reached or refuses the keys stops the start (storage.md §3), exit 1.
+#[test]
+fn start_fails_without_a_usable_bucket() {
+    let s3 = S3Server::start();
+    if !s3.is_local() {
+        return;
+    }
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    for (what, endpoint, secret) in
+        [("unreachable", closed.as_str(), s3.secret_key.as_str()), ("wrong key", s3.endpoint.as_str(), "wrong-secret")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = base_config(dir.path(), free_port());
+        set_path(&mut config, "backend.default_backend", json!("s3"));
+        set_path(&mut config, "backend.s3_bucket_name", json!(s3.bucket));
+        set_path(&mut config, "backend.s3_endpoint", json!(endpoint));
+        set_path(&mut config, "backend.s3_access_key", json!(s3.access_key));
+        set_path(&mut config, "backend.s3_secret_key", json!(secret));
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, to_yaml(&config)).unwrap();
+        let out = callfs_cmd()
+            .arg("server")
+            .arg("--config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .expect("run callfs server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains("S3 bucket"), "{what}: {stderr}");
+    }
+}
+
 db_tests!(
     s3_file_api,
     fsck_covers_the_bucket,
