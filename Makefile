@@ -29,15 +29,19 @@ run: deps-build build
 	scripts/dev-config.sh
 	exec target/release/callfs server --config .dev/config.yaml
 
+# Formatting, clippy over the whole workspace, and the dependency policy of deny.toml (licenses, bans,
+# sources; advisories need a network database and stay out). cargo-deny is installed when missing.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	CARGO=$(CARGO) scripts/ensure-cargo-deny.sh
+	$(CARGO) deny check --hide-inclusion-graph bans licenses sources
 
 # The edit-test loop: formatting, clippy, unit tests and the SQLite half of the API suite, in debug
 # mode (no release build, no PostgreSQL, no Prometheus). `make test` remains what CI runs.
 check: deps-build
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --lib --bins -- --test-threads=2 $(TEST_ARGS)
 	$(CARGO) test --test api sqlite:: -- --test-threads=2 $(TEST_ARGS)
 

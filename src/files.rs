@@ -625,6 +625,8 @@ pub struct MoveRequest {
 /// Who executes a PATCH (cluster.md §5).
 #[derive(Debug, PartialEq, Eq)]
 pub enum MovePlan {
+    /// Nothing to change: the file already is where the request asks (`200`, nothing done).
+    Unchanged,
     /// Rename or move: metadata only, executed here whatever node holds the bytes.
     Local,
     /// Copy the bytes to this node into a new blob, then switch the row (a change of `instance`).
@@ -678,17 +680,19 @@ pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> R
         Some(t) if t != node.settings.instance_id => MovePlan::Forward(t.to_string()),
         Some(_) => MovePlan::Relocate,
         None if backend_change(req, &source) => MovePlan::Relocate,
+        None if req.destination == req.source => MovePlan::Unchanged,
         None => MovePlan::Local,
     })
 }
 
 /// Destination rules checked under the locks (api.md §8.5 step 6), authorisation included.
+/// Returns the id of the destination entry an overwrite replaces, the one the commit expects.
 async fn check_destination(
     node: &Node,
     identity: &Identity,
     req: &MoveRequest,
     source: &Inode,
-) -> Result<(), ApiError> {
+) -> Result<Option<i64>, ApiError> {
     let dst_lineage = lineage(node, &req.destination).await?;
     check_destination_rights(identity, req, source, &dst_lineage)?;
     if dst_lineage.blocked_by_file() {
@@ -707,11 +711,18 @@ async fn check_destination(
         if existing.is_dir() && !list_children(node, existing).await?.is_empty() {
             return Err(ApiError::DirectoryNotEmpty);
         }
+        return Ok(Some(existing.id));
     }
-    Ok(())
+    Ok(None)
 }
 
-fn rename_message(node: &Node, req: &MoveRequest, source: &Inode, fences: Vec<Fence>) -> RenameEntry {
+fn rename_message(
+    node: &Node,
+    req: &MoveRequest,
+    source: &Inode,
+    destination_id: Option<i64>,
+    fences: Vec<Fence>,
+) -> RenameEntry {
     RenameEntry {
         source_path: req.source.as_str().into(),
         destination_path: req.destination.as_str().into(),
@@ -727,6 +738,7 @@ fn rename_message(node: &Node, req: &MoveRequest, source: &Inode, fences: Vec<Fe
             blob: None,
         },
         source_id: source.id,
+        destination_id,
         fences,
     }
 }
@@ -746,9 +758,12 @@ pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> R
     if relocation_target(&req, &source).is_some() || backend_change(&req, &source) {
         return Err(ApiError::ResourceChanged("the file was relocated meanwhile; retry".into()));
     }
-    check_destination(node, identity, &req, &source).await?;
+    if req.destination == req.source {
+        return Ok(req.destination);
+    }
+    let destination_id = check_destination(node, identity, &req, &source).await?;
     let started = Instant::now();
-    let renamed = node.meta(rename_message(node, &req, &source, fences_of(&locks))).await;
+    let renamed = node.meta(rename_message(node, &req, &source, destination_id, fences_of(&locks))).await;
     node.metrics.record_backend(backend_label(&source), BackendOp::Move, backend_ok(&renamed), started.elapsed());
     renamed?;
     let op = if req.is_rename { FileOp::Rename } else { FileOp::Move };
@@ -798,9 +813,8 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     let locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
     let now = read_entry(node, &req.source).await?;
     check_delete(identity, &now)?;
-    if req.destination != req.source {
-        check_destination(node, identity, req, &now).await?;
-    }
+    let destination_id =
+        if req.destination != req.source { check_destination(node, identity, req, &now).await? } else { None };
     let switch = SwitchBlob {
         id: row.id,
         expect_version: row.content_version,
@@ -821,7 +835,7 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
         Err(err) => return Err(err),
     }
     if req.destination != req.source {
-        let rename = rename_message(node, req, &now, fences_of(&locks));
+        let rename = rename_message(node, req, &now, destination_id, fences_of(&locks));
         node.meta(rename).await?;
     }
     node.metrics.record_file_op(FileOp::Move, label(target));
@@ -894,7 +908,9 @@ fn check_move_shape(node: &Node, req: &MoveRequest, source: &Inode) -> Result<()
     }
     let backend_change = req.backend.as_deref().is_some_and(|b| b != source.backend_type);
     let instance_change = req.instance.as_deref().is_some_and(|i| source.callfs_instance_id.as_deref() != Some(i));
-    if req.destination == req.source && !backend_change && !instance_change {
+    // Naming the file's current backend or node again is a request already satisfied (200, nothing
+    // done, so identical concurrent relocations settle); naming nothing to change is an error.
+    if req.destination == req.source && req.backend.is_none() && req.instance.is_none() {
         return Err(ApiError::BadRequest("destination equals source".into()));
     }
     if req.destination.is_within(&req.source) && req.destination != req.source {

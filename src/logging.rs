@@ -4,13 +4,14 @@
 //! `log::info!(method = m, status = 201; "HTTP request")`. [`render`] turns a record into a line and is pure, so both
 //! formats are unit-tested without installing a global logger.
 
-use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use log::kv::{self, VisitSource, VisitValue};
 use log::{Level, LevelFilter, Record};
+use serde::{Serialize, Serializer as _};
+use serde_json::ser::{CompactFormatter, Formatter};
 
 /// Our crates: they log at the configured level; every other crate at `warn` or above.
 const OWN_CRATES: [&str; 2] = ["callfs", "callfs_actors"];
@@ -102,49 +103,23 @@ pub fn render(record: &Record<'_>, format: Format, now: DateTime<Utc>) -> String
     let caller = caller(record);
     let msg = record.args().to_string();
     let fields = collect_fields(record);
-    let mut out = String::with_capacity(128 + msg.len());
+    let entries = fields.iter().map(|(key, value)| (key.as_str(), value));
+    let level = level_name(record.level());
     match format {
         Format::Json => {
-            out.push_str("{\"level\":");
-            push_json_str(&mut out, level_name(record.level()));
-            out.push_str(",\"ts\":");
-            push_json_str(&mut out, &ts);
-            out.push_str(",\"caller\":");
-            push_json_str(&mut out, &caller);
-            out.push_str(",\"msg\":");
-            push_json_str(&mut out, &msg);
-            for (key, value) in &fields {
-                out.push(',');
-                push_json_str(&mut out, key);
-                out.push(':');
-                out.push_str(value);
-            }
-            out.push('}');
+            let common = [("level", level), ("ts", &ts), ("caller", &caller), ("msg", &msg)];
+            let common = common.map(|(key, value)| (key, Field::Str(value.to_owned())));
+            json_object(common.iter().map(|(key, value)| (*key, value)).chain(entries))
         }
         Format::Console => {
-            out.push_str(&ts);
-            out.push('\t');
-            out.push_str(&level_name(record.level()).to_ascii_uppercase());
-            out.push('\t');
-            push_escaped(&mut out, &caller);
-            out.push('\t');
-            push_escaped(&mut out, &msg);
+            let mut out = format!("{ts}\t{}\t{}\t{}", level.to_ascii_uppercase(), unquoted(&caller), unquoted(&msg));
             if !fields.is_empty() {
                 out.push('\t');
-                out.push('{');
-                for (i, (key, value)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    push_json_str(&mut out, key);
-                    out.push(':');
-                    out.push_str(value);
-                }
-                out.push('}');
+                out.push_str(&json_object(entries));
             }
+            out
         }
     }
-    out
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -183,117 +158,128 @@ fn shorten_path(file: &str) -> &str {
     }
 }
 
-/// Key-values in order as `(key, rendered JSON value)`.
-fn collect_fields(record: &Record<'_>) -> Vec<(String, String)> {
+/// One key-value's value: integers, floats and booleans stay JSON numbers/booleans, everything else is a string.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+enum Field {
+    Str(String),
+    U64(u64),
+    I64(i64),
+    U128(u128),
+    I128(i128),
+    F64(f64),
+    Bool(bool),
+}
+
+/// A compact JSON object with the entries in the order given (repeated keys included), strings escaped by [`LineSafe`].
+fn json_object<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Field)>) -> String {
+    let mut out = Vec::with_capacity(128);
+    // Writing to a Vec cannot fail, and strings and numbers always serialize.
+    let _ = serde_json::Serializer::with_formatter(&mut out, LineSafe).collect_map(entries);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `s` escaped as inside a JSON string, without the quotes (console columns).
+fn unquoted(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    let _ = serde_json::Serializer::with_formatter(&mut out, LineSafe).serialize_str(s);
+    let quoted = String::from_utf8(out).unwrap_or_default();
+    quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default().to_owned()
+}
+
+/// serde_json's compact output, whose strings escape what JSON requires (`"`, `\\`, U+0000–U+001F), plus `\\u` escapes
+/// for DEL, NEL and the Unicode line/paragraph separators, so no value can ever start a new line in any viewer.
+struct LineSafe;
+
+impl Formatter for LineSafe {
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+        let mut rest = fragment;
+        while let Some(at) = rest.find(['\u{7f}', '\u{85}', '\u{2028}', '\u{2029}']) {
+            let c = rest[at..].chars().next().unwrap_or_default();
+            writer.write_all(&rest.as_bytes()[..at])?;
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        CompactFormatter.write_string_fragment(writer, rest)
+    }
+}
+
+/// Key-values in order; common field names are renamed to `field.<name>`, absent optional fields (`None`) left out.
+fn collect_fields(record: &Record<'_>) -> Vec<(String, Field)> {
     let mut collector = FieldCollector(Vec::new());
     // The collector never fails; a failing source just yields the fields gathered so far.
     let _ = record.key_values().visit(&mut collector);
-    // Absent optional fields (`None`) are left out rather than written as null.
-    collector.0.retain(|(_, value)| value != "null");
     collector.0
 }
 
-struct FieldCollector(Vec<(String, String)>);
+struct FieldCollector(Vec<(String, Field)>);
 
 impl<'kvs> VisitSource<'kvs> for FieldCollector {
     fn visit_pair(&mut self, key: kv::Key<'kvs>, value: kv::Value<'kvs>) -> Result<(), kv::Error> {
         let key = key.as_str();
         let key = if COMMON_FIELDS.contains(&key) { format!("field.{key}") } else { key.to_owned() };
-        let mut rendered = ValueRenderer(String::new());
-        if value.visit(&mut rendered).is_err() || rendered.0.is_empty() {
-            rendered.0.clear();
-            push_json_str(&mut rendered.0, &value.to_string());
+        let mut field = FieldValue(None);
+        match (value.visit(&mut field), field.0) {
+            // `None` (null) is left out rather than written as null.
+            (Ok(()), Some(None)) => {}
+            (Ok(()), Some(Some(field))) => self.0.push((key, field)),
+            _ => self.0.push((key, Field::Str(value.to_string()))),
         }
-        self.0.push((key, rendered.0));
         Ok(())
     }
 }
 
-/// Renders one value as JSON: integers and booleans stay numbers/booleans, everything else becomes an escaped string.
-struct ValueRenderer(String);
+/// The value of one key-value; `Some(None)` for null.
+struct FieldValue(Option<Option<Field>>);
 
-impl<'v> VisitValue<'v> for ValueRenderer {
-    fn visit_any(&mut self, value: kv::Value<'_>) -> Result<(), kv::Error> {
-        push_json_str(&mut self.0, &value.to_string());
+impl FieldValue {
+    fn set(&mut self, field: Field) -> Result<(), kv::Error> {
+        self.0 = Some(Some(field));
         Ok(())
+    }
+}
+
+impl<'v> VisitValue<'v> for FieldValue {
+    fn visit_any(&mut self, value: kv::Value<'_>) -> Result<(), kv::Error> {
+        self.set(Field::Str(value.to_string()))
     }
 
     fn visit_null(&mut self) -> Result<(), kv::Error> {
-        self.0.push_str("null");
+        self.0 = Some(None);
         Ok(())
     }
 
     fn visit_u64(&mut self, value: u64) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
+        self.set(Field::U64(value))
     }
 
     fn visit_i64(&mut self, value: i64) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
+        self.set(Field::I64(value))
     }
 
     fn visit_u128(&mut self, value: u128) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
+        self.set(Field::U128(value))
     }
 
     fn visit_i128(&mut self, value: i128) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
+        self.set(Field::I128(value))
     }
 
     fn visit_f64(&mut self, value: f64) -> Result<(), kv::Error> {
-        if value.is_finite() {
-            let _ = write!(self.0, "{value}");
-        } else {
-            // NaN and infinities are not JSON numbers.
-            push_json_str(&mut self.0, &value.to_string());
-        }
-        Ok(())
+        // NaN and infinities are not JSON numbers.
+        self.set(if value.is_finite() { Field::F64(value) } else { Field::Str(value.to_string()) })
     }
 
     fn visit_bool(&mut self, value: bool) -> Result<(), kv::Error> {
-        self.0.push_str(if value { "true" } else { "false" });
-        Ok(())
+        self.set(Field::Bool(value))
     }
 
     fn visit_str(&mut self, value: &str) -> Result<(), kv::Error> {
-        push_json_str(&mut self.0, value);
-        Ok(())
+        self.set(Field::Str(value.to_owned()))
     }
 
     fn visit_char(&mut self, value: char) -> Result<(), kv::Error> {
-        let mut buf = [0u8; 4];
-        push_json_str(&mut self.0, value.encode_utf8(&mut buf));
-        Ok(())
-    }
-}
-
-/// Appends `s` as a quoted JSON string.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    push_escaped(out, s);
-    out.push('"');
-}
-
-/// JSON string escaping without the quotes. Besides what JSON requires (`"`, `\`, U+0000–U+001F) it escapes DEL, NEL and
-/// the Unicode line/paragraph separators, so no value can ever start a new line in any viewer.
-fn push_escaped(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{0}'..='\u{1f}' | '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            other => out.push(other),
-        }
+        self.set(Field::Str(value.to_string()))
     }
 }
 

@@ -1,145 +1,163 @@
 //! Per-client token buckets (`api.md` §11) and client address resolution (`security.md` §7).
+//!
+//! The buckets are governor's keyed GCRA limiter on its default store (a `DashMap`), which admits exactly what a token
+//! bucket of `burst` tokens refilled at `rate` per second admits. Two rules of `api.md` §11 are ours: the bound on
+//! clients, and what goes first when it is reached (governor's store grows without limit). Its `retain_recent` drops
+//! the clients whose bucket is full again, which is what "idle" means here; the server runs it from a timer, and a full
+//! limiter runs it before admitting a new client.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::Quota;
 use ipnet::IpNet;
 
 /// Most client entries a limiter keeps.
 pub const MAX_ENTRIES: usize = 100_000;
-/// Entries evicted at once when full and none is idle.
+/// Entries evicted at once when full and too few are idle.
 pub const EVICT_BATCH: usize = 1_000;
-/// An entry not seen for this long is dropped.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// How often idle entries are swept opportunistically during [`RateLimiter::check`].
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often [`RateLimiter::retain_recent`] should run (the server does it from a timer, off the request path).
+pub const RETAIN_INTERVAL: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    refilled_at: Instant,
-    last_seen: Instant,
+/// Longest time a full bucket takes to refill (`burst` × one token's period): keeps governor's nanosecond arithmetic
+/// far from `u64` overflow for absurdly slow rates, which then refill once a century.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// governor's default keyed store, shared between the limiter and the code that bounds it.
+#[derive(Debug, Default, Clone)]
+struct Clients(Arc<DefaultKeyedStateStore<IpAddr>>);
+
+impl StateStore for Clients {
+    type Key = IpAddr;
+
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
 }
 
-#[derive(Debug)]
-struct State {
-    buckets: HashMap<IpAddr, Bucket>,
-    last_sweep: Option<Instant>,
+impl ShrinkableKeyedStateStore<IpAddr> for Clients {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
-/// A token-bucket limiter keyed by client IP. A rate of 0 disables it.
-#[derive(Debug)]
-pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
+/// governor's keyed limiter on `clock` (production: [`DefaultClock`]) over the shared store.
+type Keyed<C> = governor::RateLimiter<IpAddr, Clients, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A token bucket per client IP, at most [`MAX_ENTRIES`] clients. A rate of 0 disables it.
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    /// `None`: disabled.
+    keyed: Option<(Keyed<C>, Clients)>,
     max_entries: usize,
     evict_batch: usize,
-    idle: Duration,
-    state: Mutex<State>,
 }
 
 impl RateLimiter {
     /// `rate_per_second` tokens are added per second up to `burst` (a positive rate with burst 0 behaves as burst 1).
     /// A rate of 0 (or negative, or not finite) disables the limiter.
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
-        Self::with_limits(rate_per_second, burst, MAX_ENTRIES, EVICT_BATCH, IDLE_TIMEOUT)
+        Self::with_clock(rate_per_second, burst, DefaultClock::default(), MAX_ENTRIES, EVICT_BATCH)
     }
+}
 
-    fn with_limits(rate_per_second: f64, burst: u32, max_entries: usize, evict_batch: usize, idle: Duration) -> Self {
-        let rate = if rate_per_second.is_finite() && rate_per_second > 0.0 { rate_per_second } else { 0.0 };
-        RateLimiter {
-            rate,
-            burst: f64::from(burst.max(1)),
-            max_entries: max_entries.max(1),
-            evict_batch: evict_batch.max(1),
-            idle,
-            state: Mutex::new(State { buckets: HashMap::new(), last_sweep: None }),
-        }
+impl<C: Clock> RateLimiter<C> {
+    fn with_clock(rate_per_second: f64, burst: u32, clock: C, max_entries: usize, evict_batch: usize) -> Self {
+        let keyed = quota(rate_per_second, burst).map(|quota| {
+            let clients = Clients::default();
+            (governor::RateLimiter::new(quota, clients.clone(), clock), clients)
+        });
+        RateLimiter { keyed, max_entries: max_entries.max(1), evict_batch: evict_batch.clamp(1, max_entries.max(1)) }
     }
 
     /// False when the rate is 0.
     pub fn is_enabled(&self) -> bool {
-        self.rate > 0.0
+        self.keyed.is_some()
     }
 
     /// Takes a token for `key` now. `Err(seconds)` is the `Retry-After` value (whole seconds until a token is available,
     /// at least 1).
     pub fn check(&self, key: IpAddr) -> Result<(), u64> {
-        self.check_at(key, Instant::now())
+        let Some((keyed, clients)) = &self.keyed else {
+            return Ok(());
+        };
+        if !clients.0.contains_key(&key) && clients.0.len() >= self.max_entries {
+            self.make_room(keyed, clients);
+        }
+        keyed.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(keyed.clock().now());
+            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+        })
     }
 
-    /// [`RateLimiter::check`] at a given instant (instants must not go backwards by much; earlier ones add no tokens).
-    pub fn check_at(&self, key: IpAddr, now: Instant) -> Result<(), u64> {
-        if !self.is_enabled() {
-            return Ok(());
+    /// Drops the clients whose bucket is full again: their entry says nothing a fresh one would not.
+    pub fn retain_recent(&self) {
+        if let Some((keyed, _)) = &self.keyed {
+            keyed.retain_recent();
+            keyed.shrink_to_fit();
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let due = state.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL);
-        if due {
-            self.drop_idle(&mut state, now);
-        }
-        if !state.buckets.contains_key(&key) && state.buckets.len() >= self.max_entries {
-            self.make_room(&mut state, now);
-        }
-        let bucket =
-            state.buckets.entry(key).or_insert(Bucket { tokens: self.burst, refilled_at: now, last_seen: now });
-        let elapsed = now.saturating_duration_since(bucket.refilled_at);
-        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
-        if now > bucket.refilled_at {
-            bucket.refilled_at = now;
-        }
-        if now > bucket.last_seen {
-            bucket.last_seen = now;
-        }
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - bucket.tokens) / self.rate).ceil();
-            // `as` saturates for huge values; the minimum is 1 second.
-            Err((wait as u64).max(1))
+    }
+
+    /// Full: the idle clients go; if that leaves fewer than [`EVICT_BATCH`] places, enough others go too (the store keeps
+    /// no last-seen time, so which ones is up to its iteration order).
+    fn make_room(&self, keyed: &Keyed<C>, clients: &Clients) {
+        keyed.retain_recent();
+        let keep = self.max_entries - self.evict_batch;
+        let excess = clients.0.len().saturating_sub(keep);
+        let evicted: Vec<IpAddr> = clients.0.iter().take(excess).map(|entry| *entry.key()).collect();
+        for key in evicted {
+            clients.0.remove(&key);
         }
     }
 
     /// Number of client entries held.
     pub fn len(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).buckets.len()
+        self.keyed.as_ref().map_or(0, |(_, clients)| clients.0.len())
     }
 
     /// True when no client entry is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Drops entries idle for 10 minutes (also done opportunistically by [`RateLimiter::check`]).
-    pub fn sweep_at(&self, now: Instant) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.drop_idle(&mut state, now);
+impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").field("enabled", &self.is_enabled()).field("clients", &self.len()).finish()
     }
+}
 
-    fn drop_idle(&self, state: &mut State, now: Instant) {
-        let idle = self.idle;
-        state.buckets.retain(|_, b| now.saturating_duration_since(b.last_seen) < idle);
-        state.last_sweep = Some(now);
+/// One token every `1 / rate` seconds, `burst` at most; `None` when the rate disables the limiter.
+fn quota(rate_per_second: f64, burst: u32) -> Option<Quota> {
+    if !(rate_per_second.is_finite() && rate_per_second > 0.0) {
+        return None;
     }
-
-    /// Full: evict idle entries; if none was idle, evict the `evict_batch` least recently seen.
-    fn make_room(&self, state: &mut State, now: Instant) {
-        self.drop_idle(state, now);
-        if state.buckets.len() < self.max_entries {
-            return;
-        }
-        let mut seen: Vec<(Instant, IpAddr)> = state.buckets.iter().map(|(k, b)| (b.last_seen, *k)).collect();
-        let n = self.evict_batch.min(seen.len());
-        if n < seen.len() {
-            seen.select_nth_unstable_by_key(n, |(t, _)| *t);
-        }
-        for (_, key) in seen.iter().take(n) {
-            state.buckets.remove(key);
-        }
-    }
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let slowest = MAX_REFILL / burst.get();
+    let period = Duration::try_from_secs_f64(1.0 / rate_per_second).unwrap_or(slowest);
+    let period = period.clamp(Duration::from_nanos(1), slowest);
+    Quota::with_period(period).map(|quota| quota.allow_burst(burst))
 }
 
 /// The client IP (`security.md` §7): the TCP peer, unless the peer is a trusted proxy; then `X-Forwarded-For` is read
@@ -203,168 +221,180 @@ mod tests {
         Duration::from_secs_f64(n)
     }
 
+    use governor::clock::FakeRelativeClock;
+
+    /// A limiter on a clock that only moves when the test says so.
+    fn fake(rate: f64, burst: u32) -> (RateLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        bounded(rate, burst, MAX_ENTRIES, EVICT_BATCH)
+    }
+
+    fn bounded(rate: f64, burst: u32, max: usize, batch: usize) -> (RateLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (RateLimiter::with_clock(rate, burst, clock.clone(), max, batch), clock)
+    }
+
+    fn held(limiter: &RateLimiter<FakeRelativeClock>, key: &str) -> bool {
+        limiter.keyed.as_ref().is_some_and(|(_, clients)| clients.0.contains_key(&ip(key)))
+    }
+
     #[test]
     fn disabled_always_allows() {
         let limiter = RateLimiter::new(0.0, 5);
         assert!(!limiter.is_enabled());
-        let t = Instant::now();
         for _ in 0..10_000 {
-            assert_eq!(limiter.check_at(ip("1.2.3.4"), t), Ok(()));
+            assert_eq!(limiter.check(ip("1.2.3.4")), Ok(()));
         }
         assert!(limiter.is_empty());
         assert!(!RateLimiter::new(-1.0, 5).is_enabled());
         assert!(!RateLimiter::new(f64::NAN, 5).is_enabled());
+        assert!(!RateLimiter::new(f64::INFINITY, 5).is_enabled());
     }
 
     #[test]
     fn burst_then_reject() {
-        let limiter = RateLimiter::new(10.0, 5);
-        let t = Instant::now();
+        let (limiter, _clock) = fake(10.0, 5);
         for i in 0..5 {
-            assert_eq!(limiter.check_at(ip("10.0.0.1"), t), Ok(()), "request {i}");
+            assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()), "request {i}");
         }
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t), Err(1));
+        assert_eq!(limiter.check(ip("10.0.0.1")), Err(1));
     }
 
     #[test]
     fn refills_over_time() {
-        let limiter = RateLimiter::new(10.0, 5);
-        let t = Instant::now();
+        let (limiter, clock) = fake(10.0, 5);
         for _ in 0..5 {
-            limiter.check_at(ip("10.0.0.1"), t).unwrap();
+            limiter.check(ip("10.0.0.1")).unwrap();
         }
-        assert!(limiter.check_at(ip("10.0.0.1"), t + secs(0.05)).is_err());
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t + secs(0.1)), Ok(()));
-        assert!(limiter.check_at(ip("10.0.0.1"), t + secs(0.1)).is_err());
+        clock.advance(secs(0.05));
+        assert!(limiter.check(ip("10.0.0.1")).is_err());
+        clock.advance(secs(0.05));
+        assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()));
+        assert!(limiter.check(ip("10.0.0.1")).is_err());
         // Never more than the burst after a long pause.
-        let later = t + secs(100.0);
+        clock.advance(secs(100.0));
         for _ in 0..5 {
-            assert_eq!(limiter.check_at(ip("10.0.0.1"), later), Ok(()));
+            assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()));
         }
-        assert!(limiter.check_at(ip("10.0.0.1"), later).is_err());
+        assert!(limiter.check(ip("10.0.0.1")).is_err());
     }
 
     #[test]
     fn keys_are_independent() {
-        let limiter = RateLimiter::new(1.0, 1);
-        let t = Instant::now();
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t), Ok(()));
-        assert!(limiter.check_at(ip("10.0.0.1"), t).is_err());
-        assert_eq!(limiter.check_at(ip("10.0.0.2"), t), Ok(()));
-        assert_eq!(limiter.check_at(ip("::1"), t), Ok(()));
+        let (limiter, _clock) = fake(1.0, 1);
+        assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()));
+        assert!(limiter.check(ip("10.0.0.1")).is_err());
+        assert_eq!(limiter.check(ip("10.0.0.2")), Ok(()));
+        assert_eq!(limiter.check(ip("::1")), Ok(()));
         assert_eq!(limiter.len(), 3);
     }
 
     #[test]
     fn retry_after_in_whole_seconds() {
         // 0.1 token per second: after the burst the next token is 10 s away.
-        let limiter = RateLimiter::new(0.1, 1);
-        let t = Instant::now();
-        limiter.check_at(ip("10.0.0.1"), t).unwrap();
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t), Err(10));
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t + secs(2.5)), Err(8));
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t + secs(9.5)), Err(1));
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t + secs(10.0)), Ok(()));
+        let (limiter, clock) = fake(0.1, 1);
+        limiter.check(ip("10.0.0.1")).unwrap();
+        assert_eq!(limiter.check(ip("10.0.0.1")), Err(10));
+        clock.advance(secs(2.5));
+        assert_eq!(limiter.check(ip("10.0.0.1")), Err(8));
+        clock.advance(secs(7.0));
+        assert_eq!(limiter.check(ip("10.0.0.1")), Err(1));
+        clock.advance(secs(0.5));
+        assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()));
         // Fast limiters still say at least 1 second.
-        let fast = RateLimiter::new(1000.0, 1);
-        fast.check_at(ip("10.0.0.1"), t).unwrap();
-        assert_eq!(fast.check_at(ip("10.0.0.1"), t), Err(1));
+        let (fast, _clock) = fake(1000.0, 1);
+        fast.check(ip("10.0.0.1")).unwrap();
+        assert_eq!(fast.check(ip("10.0.0.1")), Err(1));
     }
 
     #[test]
     fn default_link_limiter_shape() {
         // links: 100/s, burst 1 → the second immediate request is rejected; 150 rapid ones see 429s.
-        let limiter = RateLimiter::new(100.0, 1);
-        let t = Instant::now();
-        let rejected =
-            (0..150).filter(|i| limiter.check_at(ip("10.0.0.9"), t + secs(*i as f64 * 0.001)).is_err()).count();
-        assert!(rejected > 0);
-        assert!(rejected < 150);
+        let (limiter, clock) = fake(100.0, 1);
+        let mut rejected = 0;
+        for _ in 0..150 {
+            rejected += usize::from(limiter.check(ip("10.0.0.9")).is_err());
+            clock.advance(secs(0.001));
+        }
+        assert_eq!(rejected, 135, "one request in ten passes at 1000/s");
     }
 
     #[test]
     fn zero_burst_behaves_as_one() {
-        let limiter = RateLimiter::new(1.0, 0);
-        let t = Instant::now();
-        assert_eq!(limiter.check_at(ip("10.0.0.1"), t), Ok(()));
-        assert!(limiter.check_at(ip("10.0.0.1"), t).is_err());
+        let (limiter, _clock) = fake(1.0, 0);
+        assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()));
+        assert!(limiter.check(ip("10.0.0.1")).is_err());
     }
 
     #[test]
-    fn earlier_instant_does_not_add_tokens() {
-        let limiter = RateLimiter::new(1.0, 1);
-        let t = Instant::now() + secs(10.0);
-        limiter.check_at(ip("10.0.0.1"), t).unwrap();
-        assert!(limiter.check_at(ip("10.0.0.1"), t - secs(5.0)).is_err());
-        assert!(limiter.check_at(ip("10.0.0.1"), t).is_err());
+    fn extreme_rates_do_not_overflow() {
+        let (slow, _) = fake(1e-30, u32::MAX);
+        assert!(slow.is_enabled());
+        for _ in 0..3 {
+            assert_eq!(slow.check(ip("10.0.0.1")), Ok(()));
+        }
+        let (slowest, _) = fake(f64::MIN_POSITIVE, 1);
+        slowest.check(ip("10.0.0.1")).unwrap();
+        let retry = slowest.check(ip("10.0.0.1")).unwrap_err();
+        assert!(retry > 3_000_000_000, "about a century: {retry}");
+        let (fast, _) = fake(1e30, 1);
+        assert_eq!(fast.check(ip("10.0.0.1")), Ok(()));
     }
 
     #[test]
-    fn idle_entries_are_dropped() {
-        let limiter = RateLimiter::new(1.0, 1);
-        let t = Instant::now();
-        limiter.check_at(ip("10.0.0.1"), t).unwrap();
-        limiter.check_at(ip("10.0.0.2"), t + secs(300.0)).unwrap();
+    fn retain_recent_drops_refilled_clients_only() {
+        let (limiter, clock) = fake(1.0, 2);
+        limiter.check(ip("10.0.0.1")).unwrap();
+        clock.advance(secs(2.5));
+        limiter.check(ip("10.0.0.2")).unwrap();
+        limiter.check(ip("10.0.0.2")).unwrap();
         assert_eq!(limiter.len(), 2);
-        limiter.sweep_at(t + secs(599.0));
-        assert_eq!(limiter.len(), 2);
-        limiter.sweep_at(t + secs(600.0));
+        limiter.retain_recent();
+        // 10.0.0.1 is full again (for over a token's period) and goes; 10.0.0.2 is empty and must stay.
         assert_eq!(limiter.len(), 1);
-        // Opportunistic sweep inside check (more than a minute after the last sweep).
-        limiter.check_at(ip("10.0.0.3"), t + secs(1000.0)).unwrap();
-        assert_eq!(limiter.len(), 1);
+        assert!(limiter.check(ip("10.0.0.2")).is_err(), "a dropped entry must not reset a limited client");
+        assert_eq!(limiter.check(ip("10.0.0.1")), Ok(()));
+        clock.advance(secs(10.0));
+        limiter.retain_recent();
+        assert!(limiter.is_empty());
+        // Disabled limiters hold nothing to drop.
+        RateLimiter::new(0.0, 1).retain_recent();
     }
 
     #[test]
     fn full_limiter_evicts_idle_first() {
-        let limiter = RateLimiter::with_limits(1.0, 1, 4, 2, secs(600.0));
-        let t = Instant::now();
-        limiter.check_at(ip("10.0.0.1"), t).unwrap(); // will be idle
-        for (i, a) in ["10.0.0.2", "10.0.0.3", "10.0.0.4"].iter().enumerate() {
-            limiter.check_at(ip(a), t + secs(590.0 + i as f64)).unwrap();
+        let (limiter, clock) = bounded(1.0, 1, 4, 2);
+        limiter.check(ip("10.0.0.1")).unwrap(); // will be idle
+        clock.advance(secs(590.0));
+        for a in ["10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+            limiter.check(ip(a)).unwrap();
         }
-        assert_eq!(limiter.len(), 4);
-        // At t+601 only 10.0.0.1 is idle; it goes, the recent ones stay.
-        limiter.check_at(ip("10.0.0.5"), t + secs(601.0)).unwrap();
-        assert_eq!(limiter.len(), 4);
-        let state = limiter.state.lock().unwrap();
-        assert!(!state.buckets.contains_key(&ip("10.0.0.1")));
-        assert!(state.buckets.contains_key(&ip("10.0.0.2")));
-        assert!(state.buckets.contains_key(&ip("10.0.0.5")));
-    }
-
-    #[test]
-    fn full_limiter_evicts_least_recently_seen() {
-        let limiter = RateLimiter::with_limits(1.0, 1, 5, 2, secs(600.0));
-        let t = Instant::now();
-        for i in 1..=5u8 {
-            limiter.check_at(IpAddr::from([10, 0, 0, i]), t + secs(f64::from(i))).unwrap();
-        }
-        // Touch 10.0.0.1 again so 10.0.0.2 and 10.0.0.3 are the least recently seen.
-        let _ = limiter.check_at(ip("10.0.0.1"), t + secs(10.0));
-        limiter.check_at(ip("10.0.0.6"), t + secs(11.0)).unwrap();
-        let state = limiter.state.lock().unwrap();
-        let mut keys: Vec<IpAddr> = state.buckets.keys().copied().collect();
-        keys.sort();
-        assert_eq!(keys, ["10.0.0.1", "10.0.0.4", "10.0.0.5", "10.0.0.6"].map(ip));
+        // Only 10.0.0.1 is idle: it goes, and as that leaves fewer than two places, one other goes too.
+        limiter.check(ip("10.0.0.5")).unwrap();
+        assert_eq!(limiter.len(), 3);
+        assert!(!held(&limiter, "10.0.0.1"));
+        assert!(held(&limiter, "10.0.0.5"));
+        // Enough idle clients: only they go.
+        clock.advance(secs(10.0));
+        limiter.check(ip("10.0.0.6")).unwrap();
+        limiter.check(ip("10.0.0.7")).unwrap();
+        assert_eq!(limiter.len(), 2);
+        assert!(held(&limiter, "10.0.0.6") && held(&limiter, "10.0.0.7"));
     }
 
     #[test]
     fn existing_key_never_evicts() {
-        let limiter = RateLimiter::with_limits(1.0, 1, 2, 1, secs(600.0));
-        let t = Instant::now();
-        limiter.check_at(ip("10.0.0.1"), t).unwrap();
-        limiter.check_at(ip("10.0.0.2"), t).unwrap();
-        let _ = limiter.check_at(ip("10.0.0.2"), t + secs(1.0));
+        let (limiter, _clock) = bounded(1.0, 1, 2, 1);
+        limiter.check(ip("10.0.0.1")).unwrap();
+        limiter.check(ip("10.0.0.2")).unwrap();
+        assert!(limiter.check(ip("10.0.0.2")).is_err());
         assert_eq!(limiter.len(), 2);
     }
 
     #[test]
     fn bounded_to_max_entries() {
         let limiter = RateLimiter::new(1.0, 1);
-        let t = Instant::now();
         for i in 0..(MAX_ENTRIES as u32 + 10) {
-            let _ = limiter.check_at(IpAddr::from(i.to_be_bytes()), t);
+            let _ = limiter.check(IpAddr::from(i.to_be_bytes()));
         }
         assert!(limiter.len() <= MAX_ENTRIES);
         assert!(limiter.len() > MAX_ENTRIES - EVICT_BATCH);

@@ -16,7 +16,7 @@ use crate::config::{self, Config};
 use crate::http::middleware::{not_found, Pipeline};
 use crate::http::routes;
 use crate::node::{LocalPeerProxy, Node, Settings};
-use crate::rate_limit::{parse_trusted, RateLimiter};
+use crate::rate_limit::{self, parse_trusted, RateLimiter};
 use crate::tls;
 
 /// Threads for short blocking disk calls (open, rename, delete, mkdir).
@@ -208,6 +208,17 @@ async fn serve(config: Config) -> Result<(), String> {
             if let Err(err) = cleanup_node.meta(purge).await {
                 log::error!(error = err.to_string().as_str(); "link cleanup failed");
                 cleanup_node.metrics.record_error(callfs_actors::metrics::ErrorKind::CleanupFailed);
+            }
+        }
+    });
+    // Clients whose bucket has refilled are dropped from the limiters here, never on the request path.
+    let limiter_node = node.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(rate_limit::RETAIN_INTERVAL);
+        loop {
+            every.tick().await;
+            for limiter in [&limiter_node.api_limiter, &limiter_node.link_limiter, &limiter_node.download_limiter] {
+                limiter.retain_recent();
             }
         }
     });

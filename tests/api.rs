@@ -131,6 +131,8 @@ db_tests!(
     read_during_overwrite_sees_old_version,
     symlink_escape_denied,
     original_user_header_rules,
+    link_tokens_never_logged_whole,
+    unread_request_bodies_close_the_connection,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2262,4 +2264,69 @@ fn original_user_header_rules(db: Db) {
         "entries created on behalf of a user are owned by that user"
     );
     assert_eq!(fetch(&n, "/ou-alice.txt"), b"alice");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by attacking the release binary (issue "One decision per request")
+// ---------------------------------------------------------------------------------------------
+
+/// A link token in any request line — a `405` HEAD, a near-miss path — appears in the request log
+/// only as its first 8 characters; a HEAD never consumes it.
+fn link_tokens_never_logged_whole(db: Db) {
+    let n = node(db);
+    create(&n, "/shared.txt", ALICE_KEY, b"shared bytes");
+    let r = n.post("/v1/links/generate", ALICE_KEY, br#"{"path":"/shared.txt","expiry_seconds":60}"#);
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    for (method, target) in [
+        ("HEAD", format!("/download/{token}")),
+        ("POST", format!("/download/{token}")),
+        ("DELETE", format!("/download/{token}")),
+        ("GET", format!("/Download/{token}")),
+        ("GET", format!("//download/{token}")),
+    ] {
+        let r = n.raw(method, &target, NO_AUTH, &[], b"");
+        assert!(matches!(r.status, 404 | 405), "{method} {target}: {}", r.describe());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = n.log_text();
+    assert!(!log.contains(&token), "the whole token appears in the log");
+    assert!(log.contains(&format!("{}...", &token[..8])), "the shortened token is logged");
+    let r = n.get(&format!("/download/{token}"), NO_AUTH);
+    assert_eq!(r.status, 200, "a HEAD or a 405 never consumes the token: {}", r.describe());
+    assert_eq!(r.body, b"shared bytes");
+}
+
+/// A client that stops half way through a chunked body it announced gets its answer and then the
+/// connection closes; nothing keeps draining it (a slow-loris would otherwise hold every socket).
+fn unread_request_bodies_close_the_connection(db: Db) {
+    let n = Node::start(NodeOptions::new(db).set("server.read_timeout", json!("2s")));
+    let heads = [
+        "POST /v1/files/partial.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel".to_string(),
+        "GET /no-such-route HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel".to_string(),
+        format!(
+            "PUT /v1/files/partial.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BOB_KEY}\r\nContent-Length: 10\r\n\r\nhel"
+        ),
+    ];
+    for head in heads {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let closed = loop {
+            let mut buf = [0u8; 4096];
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => break true,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 4"), "an error answer first: {text}");
+        assert!(closed, "the connection must be closed, not drained forever: {head:?}");
+        assert!(started.elapsed() < Duration::from_secs(12), "closed within the read timeout and a grace");
+    }
+    assert_eq!(n.head("/v1/files/partial.txt", ALICE_KEY).status, 404, "nothing of the partial bodies stored");
 }

@@ -258,6 +258,25 @@ fn validate_bad_env_value_names_variable() {
     assert!(o.all().contains("CALLFS_SERVER__MAX_UPLOAD_BYTES"), "error names the variable: {}", o.describe());
 }
 
+/// Environment values reach the configuration verbatim and names keep dots: a 16-character key with a leading zero stays
+/// 16 characters (a parser of typed values would read the number 123456789012345), and `NODE-2.DC1` is one peer id.
+#[test]
+fn validate_env_values_verbatim_and_dotted_ids() {
+    let d = tmp();
+    let mut cfg = base_config(d.path(), free_port());
+    remove_path(&mut cfg, "auth.api_key_users");
+    let env = [
+        ("CALLFS_AUTH__API_KEY_USERS__ALICE", "0123456789012345"),
+        ("CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS__NODE-2.DC1", "https://127.0.0.1:9"),
+        ("CALLFS_NOT_A_SECTION", "x"),
+    ];
+    let o = validate(d.path(), &cfg, &env);
+    assert_eq!(o.code, Some(0), "{}", o.describe());
+    assert!(o.all().contains("not_a_section: unknown key, ignored"), "{}", o.describe());
+    let o = validate(d.path(), &cfg, &[("CALLFS_AUTH__API_KEY_USERS__ALICE", "012345678901234")]);
+    assert!(o.all().contains("auth.api_key_users.alice: key shorter than 16 characters"), "{}", o.describe());
+}
+
 /// config.md §4: each rule broken in isolation → exit 1 with a line starting with its key path.
 #[test]
 fn validation_rules_table() {

@@ -22,11 +22,7 @@ const MAX_CONVERSION_ERRORS: usize = 200;
 /// unparsable; environment values that cannot be converted (naming the variable); every validation
 /// failure. One string per problem, each starting with its key path (or the file path).
 pub fn load(path: Option<&Path>) -> Result<Loaded, Vec<String>> {
-    let vars = std::env::vars_os().filter_map(|(k, v)| {
-        let k = k.into_string().ok()?;
-        Some((k, v.to_string_lossy().into_owned()))
-    });
-    load_from(path, vars)
+    load_from(path, env::process_vars())
 }
 
 /// [`load`] with an explicit environment (tests, embedding).
@@ -46,19 +42,21 @@ pub(crate) fn load_in(
     };
     let defaults = serde_json::to_value(Config::default())
         .map_err(|e| vec![format!("internal error: cannot serialize defaults: {e}")])?;
-    let mut tree = defaults.clone();
+    let mut figment = Figment::from(Serialized::defaults(&defaults));
     if let Some(file) = &source {
-        let file_tree = read_file(file).map_err(|e| vec![e])?;
-        merge(&mut tree, file_tree);
+        let mut file_tree = read_file(file).map_err(|e| vec![e])?;
+        // A key left empty (`rate_limit:`) keeps its default rather than erasing it.
+        drop_nulls(&mut file_tree);
+        figment = figment.merge(Serialized::defaults(file_tree));
     }
-    let overlay = env::apply(&mut tree, env_vars);
-    let mut errors = overlay.errors.clone();
-    let mut warnings = overlay.warnings.clone();
+    let (figment, env::Problems { mut errors, mut warnings }) = env::merge(figment, env_vars);
+    let mut tree: Value =
+        figment.extract().map_err(|e| vec![format!("internal error: cannot merge the configuration: {e}")])?;
     let mut unknown = Vec::new();
     unknown_keys(&defaults, &tree, "", &mut unknown);
     warnings.extend(unknown.into_iter().map(|key| format!("{key}: unknown key, ignored")));
 
-    let mut config = extract(&mut tree, &defaults, &overlay, source.as_deref(), &mut errors)?;
+    let mut config = extract(&mut tree, &defaults, &figment, source.as_deref(), &mut errors)?;
     config.normalize();
     let (invalid, validation_warnings) = validate(&config);
     errors.extend(invalid);
@@ -91,23 +89,11 @@ fn read_file(path: &Path) -> Result<Value, String> {
     }
 }
 
-/// Deep-merges `over` into `base`: objects key by key, anything else replaces; `null` keeps `base`.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (_, Value::Null) => {}
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(existing) => merge(existing, v),
-                    None => {
-                        if !v.is_null() {
-                            b.insert(k, v);
-                        }
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
+/// Removes every `null` member of every object in `tree` (array items stay).
+fn drop_nulls(tree: &mut Value) {
+    if let Value::Object(members) = tree {
+        members.retain(|_, v| !v.is_null());
+        members.values_mut().for_each(drop_nulls);
     }
 }
 
@@ -133,7 +119,7 @@ fn unknown_keys(known: &Value, tree: &Value, prefix: &str, out: &mut Vec<String>
 fn extract(
     tree: &mut Value,
     defaults: &Value,
-    overlay: &env::Overlay,
+    sources: &Figment,
     source: Option<&Path>,
     errors: &mut Vec<String>,
 ) -> Result<Config, Vec<String>> {
@@ -143,7 +129,7 @@ fn extract(
             Err(err) => err,
         };
         let key = err.path.join(".");
-        let from = match (overlay.origin_of(&err.path), source) {
+        let from = match (variable_behind(sources, &err.path), source) {
             (Some(var), _) => format!(" in {var}"),
             (None, Some(file)) => format!(" in {}", file.display()),
             (None, None) => String::new(),
@@ -156,6 +142,12 @@ fn extract(
     }
     errors.push("configuration: too many invalid values".to_string());
     Err(std::mem::take(errors))
+}
+
+/// The variable that set the value at `path`, or at the nearest parent that exists.
+fn variable_behind<'a>(sources: &'a Figment, path: &[String]) -> Option<&'a str> {
+    let set_by = (1..=path.len()).rev().find_map(|depth| sources.find_metadata(&path[..depth].join(".")))?;
+    env::variable(set_by)
 }
 
 /// Replaces the deepest existing node on `path` by its default (or removes it when it has none).
@@ -201,6 +193,8 @@ fn reset(tree: &mut Value, defaults: &Value, path: &[String]) -> bool {
 }
 
 #[cfg(test)]
+// `figment::Jail` closures return `figment::Result`, whose error is large.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use std::path::PathBuf;
@@ -556,5 +550,132 @@ instance_discovery:
         );
         let errs = load_err(&path, no_env());
         assert_eq!(errs, ["auth.api_keys[0]: key shorter than 16 characters"]);
+    }
+
+    // Through `load`, as `main` calls it: the process environment, set inside a figment `Jail`.
+
+    /// `VALID_YAML` without its API key, as `./config.yaml` of the jail.
+    fn jail_config(jail: &figment::Jail) -> figment::Result<()> {
+        jail.create_file("config.yaml", &VALID_YAML.replace("alice: \"dev-key-at-least-16-chars\"", ""))?;
+        Ok(())
+    }
+
+    #[test]
+    fn jail_env_values_are_taken_verbatim() {
+        figment::Jail::expect_with(|jail| {
+            jail_config(jail)?;
+            jail.set_env("CALLFS_AUTH__API_KEY_USERS__ALICE", "0123456789012345");
+            jail.set_env("CALLFS_AUTH__API_KEY_USERS__BOB", "\"bob-key-0123456789\"");
+            jail.set_env("CALLFS_AUTH__INTERNAL_PROXY_SECRET", " padded-secret-0123 ");
+            jail.set_env("CALLFS_SERVER__EXTERNAL_URL", "1.50");
+            let loaded = load(None).unwrap();
+            assert_eq!(loaded.source.as_deref(), Some(Path::new("./config.yaml")));
+            let c = loaded.config;
+            assert_eq!(c.auth.api_key_users["alice"], "0123456789012345");
+            assert_eq!(c.auth.api_key_users["bob"], "\"bob-key-0123456789\"");
+            assert_eq!(c.auth.internal_proxy_secret, " padded-secret-0123 ");
+            assert_eq!(c.server.external_url, "1.50");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jail_env_names_keep_dots_case_and_unicode() {
+        figment::Jail::expect_with(|jail| {
+            jail_config(jail)?;
+            jail.set_env("CALLFS_AUTH__API_KEY_USERS__ÉMILE", "emile-key-0123456789");
+            jail.set_env("CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS__NODE-2.DC1", "https://10.0.0.2:8443");
+            jail.set_env("CALLFS_METADATA_STORE__TYPE", "postgres");
+            jail.set_env("CALLFS_DLM__TYPE", "postgres");
+            jail.set_env("callfs_log__level", "bogus");
+            jail.set_env("CALLFS_log__FORMAT", "json");
+            let loaded = load(None).unwrap();
+            let c = loaded.config;
+            assert_eq!(c.identities(), [("émile".to_string(), "emile-key-0123456789".to_string())]);
+            assert_eq!(c.instance_discovery.peer_endpoints.keys().collect::<Vec<_>>(), ["node-2.dc1"]);
+            assert_eq!((c.log.level.as_str(), c.log.format.as_str()), ("info", "json"), "callfs_ is not the prefix");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jail_env_whole_map_replaces_file_then_entries_merge() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("config.yaml", VALID_YAML)?;
+            jail.set_env("CALLFS_AUTH__API_KEY_USERS", r#"{"Dave": "dave-key-0123456789"}"#);
+            jail.set_env("CALLFS_AUTH__API_KEY_USERS__ERIN", "erin-key-0123456789");
+            let ids: Vec<String> = load(None).unwrap().config.identities().into_iter().map(|(id, _)| id).collect();
+            assert_eq!(ids, ["Dave", "erin"], "the file's alice is replaced");
+            jail.set_env("CALLFS_AUTH__API_KEY_USERS", "alice=k");
+            let errs = load(None).unwrap_err();
+            assert!(errs[0].starts_with(
+                "auth.api_key_users: invalid value in CALLFS_AUTH__API_KEY_USERS: expected a JSON object"
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jail_env_unknown_keys_and_empty_segments_warn() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("config.yaml", VALID_YAML)?;
+            jail.set_env("CALLFS_NOPE", "1");
+            jail.set_env("CALLFS_SERVER__NOPE__DEEPER", "1");
+            jail.set_env("CALLFS_DLM__REDIS_PASSWORD", "x");
+            jail.set_env("CALLFS_LOG____LEVEL", "debug");
+            let mut w = load(None).unwrap().warnings;
+            w.sort();
+            assert_eq!(
+                w,
+                [
+                    "CALLFS_LOG____LEVEL: does not name a configuration key, ignored",
+                    "dlm.redis_password: unknown key, ignored",
+                    "nope: unknown key, ignored",
+                    "server.nope: unknown key, ignored",
+                ]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jail_env_conversion_errors_name_the_variable_as_spelled() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("config.yaml", VALID_YAML)?;
+            jail.set_env("CALLFS_server__Read_Timeout", "soon");
+            jail.set_env("CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS__N2__URL", "https://n2:8443");
+            jail.set_env("CALLFS_RATE_LIMIT__API_BURST", "1e3");
+            let errs = load(None).unwrap_err();
+            let has = |prefix: &str, var: &str| {
+                errs.iter().any(|e| e.starts_with(prefix) && e.contains(&format!(" in {var}: ")))
+            };
+            assert!(has("server.read_timeout: invalid value", "CALLFS_server__Read_Timeout"), "{errs:?}");
+            assert!(
+                has("instance_discovery.peer_endpoints", "CALLFS_INSTANCE_DISCOVERY__PEER_ENDPOINTS__N2__URL"),
+                "{errs:?}"
+            );
+            assert!(has("rate_limit.api_burst: invalid value", "CALLFS_RATE_LIMIT__API_BURST"), "{errs:?}");
+            assert_eq!(errs.len(), 3, "{errs:?}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn jail_env_lists_and_empty_values() {
+        figment::Jail::expect_with(|jail| {
+            let yaml = VALID_YAML.replace("server:\n", "server:\n  trusted_proxies: [10.0.0.1]\n");
+            jail.create_file("config.yaml", &format!("{yaml}\nmetrics:\n  listen_addr: \":9090\"\n"))?;
+            assert_eq!(load(None).unwrap().config.server.trusted_proxies, ["10.0.0.1"]);
+            jail.set_env("CALLFS_METRICS__LISTEN_ADDR", "");
+            jail.set_env("CALLFS_AUTH__API_KEYS", "first-legacy-key-0000, second-legacy-key-000");
+            let c = load(None).unwrap().config;
+            assert_eq!(c.metrics.listen_addr, "");
+            assert_eq!(c.auth.api_keys, ["first-legacy-key-0000", "second-legacy-key-000"]);
+            jail.set_env("CALLFS_SERVER__TRUSTED_PROXIES", r#"["10.0.0.0/8", "::1"]"#);
+            assert_eq!(load(None).unwrap().config.server.trusted_proxies, ["10.0.0.0/8", "::1"]);
+            jail.set_env("CALLFS_SERVER__TRUSTED_PROXIES", "");
+            assert!(load(None).unwrap().config.server.trusted_proxies.is_empty());
+            Ok(())
+        });
     }
 }

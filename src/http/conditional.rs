@@ -1,6 +1,8 @@
 //! Range and conditional GET (api.md §12), as pure functions.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use std::time::UNIX_EPOCH;
+
+use chrono::NaiveDateTime;
 
 /// What a GET on a file should send.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,8 +36,11 @@ pub fn http_date(t: NaiveDateTime) -> String {
     t.and_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
+/// Seconds since the epoch of an HTTP-date in any of the three forms a recipient must accept (RFC 9110 §5.6.7):
+/// IMF-fixdate, RFC 850 and asctime. Anything else (including RFC 2822 dates with a numeric zone) is `None`.
 fn parse_http_date(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc2822(s.trim()).ok().map(|d| d.with_timezone(&Utc).timestamp())
+    let t = httpdate::parse_http_date(s.trim()).ok()?;
+    i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
@@ -103,6 +108,8 @@ fn parse_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 mod tests {
     use super::*;
 
+    use chrono::DateTime;
+
     fn v() -> Validators<'static> {
         Validators { etag: "\"7-2\"", mtime: DateTime::from_timestamp(1_752_575_400, 0).unwrap().naive_utc() }
     }
@@ -142,5 +149,44 @@ mod tests {
         assert_eq!(plan(&c, &v(), 10), Plan::Full);
         let c = Conditions { range: Some("bytes=0-1"), if_range: Some("\"7-2\""), ..Default::default() };
         assert_eq!(plan(&c, &v(), 10), Plan::Partial { first: 0, last: 1 });
+    }
+
+    #[test]
+    fn all_three_http_date_forms() {
+        // 1_752_575_400 is Tuesday, 15 July 2025, 10:30:00 GMT.
+        assert_eq!(http_date(v().mtime), "Tue, 15 Jul 2025 10:30:00 GMT");
+        for form in ["Tue, 15 Jul 2025 10:30:00 GMT", "Tuesday, 15-Jul-25 10:30:00 GMT", "Tue Jul 15 10:30:00 2025"] {
+            assert_eq!(parse_http_date(form), Some(1_752_575_400), "{form}");
+            assert_eq!(parse_http_date(&format!(" {form} ")), Some(1_752_575_400), "{form} with blanks");
+            let c = Conditions { if_modified_since: Some(form), ..Default::default() };
+            assert_eq!(plan(&c, &v(), 10), Plan::NotModified, "If-Modified-Since: {form}");
+            let c = Conditions { range: Some("bytes=0-1"), if_range: Some(form), ..Default::default() };
+            assert_eq!(plan(&c, &v(), 10), Plan::Partial { first: 0, last: 1 }, "If-Range: {form}");
+        }
+        // asctime pads a one-digit day with a space.
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(784_111_777));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+    }
+
+    #[test]
+    fn other_dates_are_ignored() {
+        for bad in [
+            "",
+            "yesterday",
+            "Tue, 15 Jul 2025 12:30:00 +0200",
+            "2025-07-15T10:30:00Z",
+            "Tue, 32 Jul 2025 10:30:00 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+            let c = Conditions { if_modified_since: Some(bad), ..Default::default() };
+            assert_eq!(plan(&c, &v(), 10), Plan::Full, "If-Modified-Since: {bad}");
+        }
+        // An earlier date is older than the file: send it.
+        let c = Conditions { if_modified_since: Some("Mon, 14 Jul 2025 10:30:00 GMT"), ..Default::default() };
+        assert_eq!(plan(&c, &v(), 10), Plan::Full);
+        // If-Range with a date that is not the file's: the whole file.
+        let c =
+            Conditions { range: Some("bytes=0-1"), if_range: Some("Tue Jul 15 10:30:01 2025"), ..Default::default() };
+        assert_eq!(plan(&c, &v(), 10), Plan::Full);
     }
 }

@@ -186,13 +186,27 @@ impl Endpoint {
         matches!(self, Endpoint::GenerateLink).then_some(Limiter::Links)
     }
 
-    /// The path as the request log shows it: download tokens cut to their first characters.
+    /// The path as the request log shows it: a link token — wherever a `/download/` segment
+    /// appears in a path that is not a file path — cut to its first characters (security.md §5).
     pub fn log_path(&self, raw_path: &str) -> String {
         match self {
             Endpoint::DownloadLink(Some(token)) => format!("{DOWNLOAD}{}", crate::logging::short_token(token)),
             Endpoint::DownloadLink(None) => format!("{DOWNLOAD}..."),
+            Endpoint::MethodNotAllowed { .. } | Endpoint::NotFound => shorten_tokens(raw_path),
             _ => raw_path.to_string(),
         }
+    }
+}
+
+/// `…/download/<token>…` → `…/download/<first 8>...`, matching the segment in any letter case.
+fn shorten_tokens(raw_path: &str) -> String {
+    let lower = raw_path.to_ascii_lowercase();
+    match lower.find(DOWNLOAD) {
+        Some(at) => {
+            let start = at + DOWNLOAD.len();
+            format!("{}{}", &raw_path[..start], crate::logging::short_token(&raw_path[start..]))
+        }
+        None => raw_path.to_string(),
     }
 }
 
@@ -269,5 +283,13 @@ mod tests {
         assert_eq!(classify("GET", "/download/a%2Fb"), Endpoint::DownloadLink(None));
         assert_eq!(classify("GET", "/download/a/b"), Endpoint::DownloadLink(None));
         assert_eq!(classify("GET", "/download/%zz"), Endpoint::DownloadLink(None));
+        let token = "dkS9IPnQ9WgqXYZ.sig";
+        for (method, path) in
+            [("HEAD", "/download/"), ("POST", "/download/"), ("GET", "/Download/"), ("GET", "//download/")]
+        {
+            let raw = format!("{path}{token}");
+            let logged = classify(method, &raw).log_path(&raw);
+            assert!(!logged.contains(token) && logged.ends_with("dkS9IPnQ..."), "{method} {raw} logged as {logged}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! authentication, security headers, and — when the body has been sent or the client went away —
 //! exactly one metrics record and one request log line.
 
+use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
@@ -10,8 +11,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::Payload;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{web, Error, HttpMessage, ResponseError};
 use bytes::Bytes;
 use callfs_actors::metrics::{LimiterLabel, LimiterLabels, MethodLabel, Metrics, RouteLabel};
@@ -83,8 +85,9 @@ where
 
     actix_web::dev::forward_ready!(service);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
+        let request_body = hold_payload(&mut req);
         Box::pin(async move {
             let Some(node) = req.app_data::<web::Data<Node>>().cloned() else {
                 return Err(actix_web::error::ErrorInternalServerError("node state missing"));
@@ -133,9 +136,47 @@ where
                 failed: false,
                 stall,
                 progress: None,
+                _request_body: request_body,
             }))
         })
     }
+}
+
+/// True when the request announces a body (`Content-Length` > 0 or a transfer coding).
+fn announces_body(headers: &actix_web::http::header::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// The request body, shared between the handler and the response. The HTTP/1 dispatcher drains
+/// a chunked body whose reader was dropped, with no deadline, so a client that stops half way
+/// would hold the connection forever; while this holder lives (until the response body is
+/// dropped) an unread body makes the dispatcher close the connection after the response instead.
+type HeldPayload = Rc<RefCell<Payload>>;
+
+struct SharedPayload(HeldPayload);
+
+impl futures_util::Stream for SharedPayload {
+    type Item = Result<Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_next(cx)
+    }
+}
+
+/// Moves the request body behind a shared holder and returns the holder (requests without a body
+/// pay nothing).
+fn hold_payload(req: &mut ServiceRequest) -> Option<HeldPayload> {
+    if !announces_body(req.headers()) {
+        return None;
+    }
+    let held = Rc::new(RefCell::new(req.take_payload()));
+    req.set_payload(Payload::Stream { payload: Box::pin(SharedPayload(Rc::clone(&held))) });
+    Some(held)
 }
 
 /// Bytes of the request line and headers as sent (`server.max_header_bytes`).
@@ -305,6 +346,8 @@ pub struct RecordedBody {
     /// Armed for bodies large enough to outlast the socket buffer (`server.write_timeout`).
     stall: Option<(ConnectionFd, Duration)>,
     progress: Option<Rc<Progress>>,
+    /// Kept until the response is gone, so an unread request body closes the connection.
+    _request_body: Option<HeldPayload>,
 }
 
 /// Bodies up to this size fit the socket buffers; only larger ones get a stall watchdog.

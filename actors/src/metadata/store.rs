@@ -96,6 +96,8 @@ impl From<DieselError> for ActorError {
     fn from(err: DieselError) -> Self {
         match err {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => ActorError::AlreadyExists,
+            // A parent deleted or a child inserted by a concurrent transaction.
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => ActorError::Changed,
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 ActorError::MetadataUnavailable(info.message().to_string())
             }
@@ -530,18 +532,29 @@ impl MetadataStore {
     }
 
     pub fn create_entry(&self, entry: NewEntry, fences: &[Fence]) -> Result<Inode, ActorError> {
+        // A parent deleted between our read of it and the insert: create it again, once.
+        match self.create_entry_once(&entry, fences) {
+            Err(ActorError::Changed) => self.create_entry_once(&entry, fences),
+            other => other,
+        }
+    }
+
+    fn create_entry_once(&self, entry: &NewEntry, fences: &[Fence]) -> Result<Inode, ActorError> {
         let is_pg = self.is_pg();
         self.run(MetadataOp::Create, |conn| {
             write_tx!(conn, c => {
                 check_fences!(c, fences, is_pg);
-                let parent_id = ensure_parents!(c, &entry, &entry.path);
+                let parent_id = ensure_parents!(c, entry, &entry.path);
                 if is_pg {
                     // Holds the parent against a concurrent delete or move until this commit.
-                    diesel::sql_query("SELECT id FROM inodes WHERE id = $1 FOR SHARE")
+                    let held = diesel::sql_query("SELECT id FROM inodes WHERE id = $1 FOR SHARE")
                         .bind::<diesel::sql_types::BigInt, _>(parent_id)
                         .execute(c)?;
+                    if held == 0 {
+                        return Err(ActorError::Changed);
+                    }
                 }
-                let row = new_row(&entry, parent_id, &entry.path, entry.is_dir);
+                let row = new_row(entry, parent_id, &entry.path, entry.is_dir);
                 let inode = diesel::insert_into(inodes::table)
                     .values(&row)
                     .returning(Inode::as_returning())
@@ -643,6 +656,8 @@ impl Handler<DeleteEntry> for MetadataStore {
     type Result = Result<(), ActorError>;
     fn handle(&mut self, msg: DeleteEntry, _ctx: &mut Self::Context) -> Self::Result {
         let is_pg = self.is_pg();
+        // A child inserted concurrently keeps the directory (foreign key): it is not empty.
+        let not_empty = |err| if err == ActorError::Changed { ActorError::DirectoryNotEmpty } else { err };
         self.run(MetadataOp::Delete, |conn| {
             write_tx!(conn, c => {
                 check_fences!(c, msg.fences, is_pg);
@@ -661,6 +676,7 @@ impl Handler<DeleteEntry> for MetadataStore {
                 Ok(())
             })
         })
+        .map_err(not_empty)
     }
 }
 
@@ -931,6 +947,9 @@ pub struct RenameEntry {
     pub parents: NewEntry,
     /// The source row as planned: a different row at the source path is [`ActorError::Changed`].
     pub source_id: i64,
+    /// The destination row the caller was authorised to replace (`None`: the path was free). Any
+    /// other row found there in the transaction is [`ActorError::Changed`], never replaced.
+    pub destination_id: Option<i64>,
     pub fences: Vec<Fence>,
 }
 
@@ -978,6 +997,10 @@ impl MetadataStore {
                         return Err(ActorError::InvalidInput("destination parent directory does not exist".into()))
                     }
                 };
+                let replaced = existing.as_ref().filter(|e| e.id != source.id).map(|e| e.id);
+                if replaced.is_some() && replaced != msg.destination_id {
+                    return Err(ActorError::Changed);
+                }
                 if let Some(existing) = existing.filter(|e| e.id != source.id) {
                     if !msg.overwrite || existing.kind != source.kind {
                         return Err(ActorError::AlreadyExists);
@@ -1221,6 +1244,7 @@ mod tests {
             create_parents: false,
             parents: entry("/dst", true),
             source_id: get(&actor, "/src").unwrap().id,
+            destination_id: None,
             fences: Vec::new(),
         };
         let moved = actor.rename_entry(msg);
@@ -1258,6 +1282,31 @@ mod tests {
         let stale = ctx_s.switch_blob(switch(&file, 1, "c".repeat(32).as_str()));
         assert_eq!(stale.unwrap_err(), ActorError::Changed);
         assert_eq!(get(&ctx_s, "/f.txt").unwrap().blob.as_deref(), Some("b".repeat(32).as_str()));
+    }
+
+    #[test]
+    fn a_rename_never_replaces_a_destination_it_was_not_authorised_against() {
+        let (s, _dir) = store();
+        create(&s, "/mine.txt", false).unwrap();
+        // Planned onto a free path; a file appeared there before the commit (moved in with its
+        // directory, say): the commit refuses rather than replacing someone else's file.
+        let theirs = create(&s, "/dst/t.txt", false).unwrap();
+        let mut msg = RenameEntry {
+            source_path: "/mine.txt".into(),
+            destination_path: "/dst/t.txt".into(),
+            overwrite: true,
+            create_parents: true,
+            parents: entry("/dst", true),
+            source_id: get(&s, "/mine.txt").unwrap().id,
+            destination_id: None,
+            fences: Vec::new(),
+        };
+        assert_eq!(s.rename_entry(msg.clone()), Err(ActorError::Changed));
+        assert_eq!(get(&s, "/dst/t.txt").unwrap().id, theirs.id, "the other file survives");
+        assert!(garbage(&s).is_empty(), "nothing released");
+        msg.destination_id = Some(theirs.id);
+        assert_eq!(s.rename_entry(msg).unwrap().path, "/dst/t.txt");
+        assert_eq!(garbage(&s), vec![theirs.blob.unwrap()], "the authorised replacement is collected");
     }
 
     #[test]

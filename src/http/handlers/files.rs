@@ -272,6 +272,7 @@ pub async fn patch(
     let body: PatchBody = read_json_object(payload, PATCH_BODY_LIMIT, node.settings.read_timeout).await?;
     let request = move_request(req, parsed.path, body)?;
     let owner = match files::plan_move(node, identity, &request).await? {
+        MovePlan::Unchanged => return Ok(HttpResponse::Ok().json(json!({"path": request.destination.as_str()}))),
         MovePlan::Local => None,
         MovePlan::Relocate => {
             let destination = files::relocate_entry(node, identity, request).await?;
