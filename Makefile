@@ -10,8 +10,13 @@ PROMTOOL ?= promtool
 AMTOOL ?= amtool
 # extra arguments for the test binaries, e.g. make test TEST_ARGS='--nocapture'
 TEST_ARGS ?=
+# seconds each cargo-fuzz target runs under make fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := endpoint path
+# how long make soak runs: seconds, or a number with s, m or h (10m)
+DURATION ?= 10m
 
-.PHONY: build run lint check test deps deps-build check-alerts check-alertmanager bench bench-proxy cluster cluster-down
+.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-proxy cluster cluster-down
 
 # Everything `make test` needs: the build libraries plus PostgreSQL, Prometheus and Alertmanager.
 deps:
@@ -78,3 +83,22 @@ cluster: build
 
 cluster-down:
 	cluster/stop.sh
+
+# Fuzz the request classifier and the path canonicaliser (fuzz/, a crate outside the workspace),
+# FUZZ_SECONDS each. cargo-fuzz passes nightly -Z flags: RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain accept them. Findings land in fuzz/artifacts/<target>/ and fail the run.
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -dict=fuzz/routes.dict \
+	    -print_final_stats=1; \
+	done
+
+# Soak (not part of make test): three nodes on one throw-away PostgreSQL, a journaled mixed workload
+# (create, overwrite, read, rename, directory move, relocation, delete) through all of them for
+# DURATION, a node SIGKILLed and restarted every 20 s, PostgreSQL restarted once. Then every
+# acknowledged write must read back by SHA-256, every acknowledged delete be gone, callfs fsck be
+# clean on every node and no temp file remain. Prints a summary of the operations.
+soak: deps build
+	scripts/with-postgres.sh env CALLFS_SOAK_DURATION=$(DURATION) \
+	  $(CARGO) test --release --test soak -- --ignored --nocapture --test-threads=1
