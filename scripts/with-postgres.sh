@@ -6,7 +6,8 @@
 #  * If CALLFS_TEST_PG_DSN is already set and `select 1` works there, CMD is simply exec'd.
 #  * Otherwise a throw-away cluster is created in a temporary directory (initdb, trust auth,
 #    fsync off), started on a free 127.0.0.1 port, CMD runs with
-#    CALLFS_TEST_PG_DSN=postgres://postgres@127.0.0.1:PORT/postgres, and afterwards that
+#    CALLFS_TEST_PG_DSN=postgres://postgres@127.0.0.1:PORT/postgres (and CALLFS_TEST_PG_RESTART,
+#    a script that restarts that server in place), and afterwards that
 #    postgres (and only that one, by pid) is stopped and the directory removed — also when CMD
 #    fails or the script is interrupted. The exit status is CMD's.
 # A literal `$CALLFS_TEST_PG_DSN` / `${CALLFS_TEST_PG_DSN}` inside an argument is replaced by the
@@ -94,7 +95,15 @@ wrap_pid=""    # what we started in the background (runuser, or the postmaster w
 pid_alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
 stop_postgres() {
-  local target=${pg_pid:-$wrap_pid} i
+  local target i current
+  # A restart through $CALLFS_TEST_PG_RESTART leaves a new postmaster: stop whichever runs now.
+  if [[ -n ${data:-} && -r $data/postmaster.pid ]]; then
+    current=$(head -n 1 "$data/postmaster.pid")
+    if [[ $current =~ ^[0-9]+$ ]]; then
+      pg_pid=$current
+    fi
+  fi
+  target=${pg_pid:-$wrap_pid}
   if pid_alive "$target"; then
     kill -INT "$target" 2>/dev/null || true          # fast shutdown
     for ((i = 0; i < 300; i++)); do                  # up to 30 s
@@ -183,6 +192,16 @@ fi
 [[ $pg_pid =~ ^[0-9]+$ ]] || pg_pid=$wrap_pid
 
 export CALLFS_TEST_PG_DSN="postgres://postgres@127.0.0.1:${port}/postgres"
+# A command that restarts this PostgreSQL in place (same port and settings, fast shutdown), for
+# tests that survive a database restart (tests/soak.rs). Cleanup stops whichever postmaster runs.
+{
+  echo '#!/usr/bin/env bash'
+  printf 'exec'
+  printf ' %q' "${as_pg[@]}" "$bindir/pg_ctl" -D "$data" -m fast -w -t 60 -l "$tmp/postgres-restart.log" restart
+  echo
+} >"$tmp/restart.sh"
+chmod 755 "$tmp/restart.sh"
+export CALLFS_TEST_PG_RESTART="$tmp/restart.sh"
 echo "with-postgres: temporary PostgreSQL (pid $pg_pid) at $CALLFS_TEST_PG_DSN" >&2
 
 expand_args "$@"

@@ -28,12 +28,53 @@ pub enum StoreKind {
 #[derive(Clone)]
 pub enum Pool {
     Sqlite(diesel::r2d2::Pool<ConnectionManager<SqliteConnection>>),
-    Pg(diesel::r2d2::Pool<ConnectionManager<PgConnection>>),
+    Pg(diesel::r2d2::Pool<PgManager>),
 }
 
 enum Conn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
-    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+    Pg(PooledConnection<PgManager>),
+}
+
+/// A PostgreSQL connection the store can mark as dead. Checkouts are not tested (a validity query
+/// per checkout would double every round trip), so a connection whose query failed for want of a
+/// server (a restart, a network cut) is marked here and r2d2 drops it instead of reusing it.
+pub struct TrackedPg {
+    conn: PgConnection,
+    broken: bool,
+}
+
+impl std::ops::Deref for TrackedPg {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for TrackedPg {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+#[derive(Debug)]
+pub struct PgManager(ConnectionManager<PgConnection>);
+
+impl diesel::r2d2::ManageConnection for PgManager {
+    type Connection = TrackedPg;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<TrackedPg, Self::Error> {
+        Ok(TrackedPg { conn: self.0.connect()?, broken: false })
+    }
+
+    fn is_valid(&self, conn: &mut TrackedPg) -> Result<(), Self::Error> {
+        self.0.is_valid(&mut conn.conn)
+    }
+
+    fn has_broken(&self, conn: &mut TrackedPg) -> bool {
+        conn.broken || self.0.has_broken(&mut conn.conn)
+    }
 }
 
 /// Runs the same diesel code on whichever backend the connection is.
@@ -86,9 +127,9 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 #[derive(Debug)]
 struct PgUtc;
 
-impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgUtc {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET TIME ZONE 'UTC'").map_err(diesel::r2d2::Error::QueryError)
+impl CustomizeConnection<TrackedPg, diesel::r2d2::Error> for PgUtc {
+    fn on_acquire(&self, conn: &mut TrackedPg) -> Result<(), diesel::r2d2::Error> {
+        conn.conn.batch_execute("SET TIME ZONE 'UTC'").map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -98,12 +139,24 @@ impl From<DieselError> for ActorError {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => ActorError::AlreadyExists,
             // A parent deleted or a child inserted by a concurrent transaction.
             DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => ActorError::Changed,
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => ActorError::MetadataUnavailable(info.message().to_string()),
+            // The server went away under the connection (restart, admin shutdown, network cut).
+            DieselError::DatabaseError(_, info) if connection_lost(info.message()) => {
                 ActorError::MetadataUnavailable(info.message().to_string())
             }
             other => ActorError::Metadata(other.to_string()),
         }
     }
+}
+
+fn connection_lost(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["no connection to the server", "server closed the connection", "terminating connection", "connection refused"]
+        .iter()
+        .any(|needle| m.contains(needle))
 }
 
 fn now() -> NaiveDateTime {
@@ -142,7 +195,7 @@ pub fn connect(
                 .test_on_check_out(false)
                 .connection_timeout(op_timeout.max(Duration::from_secs(5)))
                 .connection_customizer(Box::new(PgUtc))
-                .build(ConnectionManager::<PgConnection>::new(target))
+                .build(PgManager(ConnectionManager::<PgConnection>::new(target)))
                 .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
             Pool::Pg(pool)
         }
@@ -362,8 +415,13 @@ macro_rules! ensure_parents {
         for dir in ancestors_below_root($path) {
             let row = new_row($entry, parent_id, dir, true);
             diesel::insert_into(inodes::table).values(&row).on_conflict(inodes::path).do_nothing().execute($c)?;
-            let (id, kind): (i64, String) =
-                inodes::table.filter(inodes::path.eq(dir)).select((inodes::id, inodes::kind)).get_result($c)?;
+            let found: Option<(i64, String)> = inodes::table
+                .filter(inodes::path.eq(dir))
+                .select((inodes::id, inodes::kind))
+                .get_result($c)
+                .optional()?;
+            // Taken and then moved away by a concurrent transaction: plan the create again.
+            let Some((id, kind)) = found else { return Err(ActorError::Changed) };
             if kind != DIRECTORY {
                 return Err(ActorError::NotADirectory);
             }
@@ -386,7 +444,13 @@ impl MetadataStore {
     /// Checks out a connection, runs `f` and records the round trip.
     fn run<T>(&self, op: MetadataOp, f: impl FnOnce(&mut Conn) -> Result<T, ActorError>) -> Result<T, ActorError> {
         let started = Instant::now();
-        let result = checkout(&self.pool).and_then(|mut conn| f(&mut conn));
+        let result = checkout(&self.pool).and_then(|mut conn| {
+            let result = f(&mut conn);
+            if let (Err(ActorError::MetadataUnavailable(_)), Conn::Pg(pooled)) = (&result, &mut conn) {
+                pooled.broken = true;
+            }
+            result
+        });
         self.metrics.record_metadata(op, started.elapsed());
         match &result {
             Err(ActorError::MetadataUnavailable(_)) => self.metrics.record_error(ErrorKind::MetadataUnavailable),
@@ -547,8 +611,12 @@ impl MetadataStore {
                 let parent_id = ensure_parents!(c, entry, &entry.path);
                 if is_pg {
                     // Holds the parent against a concurrent delete or move until this commit.
-                    let held = diesel::sql_query("SELECT id FROM inodes WHERE id = $1 FOR SHARE")
+                    // The path is checked again after any wait: a parent moved meanwhile no longer
+                    // matches, and the create is planned again under its new shape.
+                    let (parent_path, _) = parent_and_name(&entry.path);
+                    let held = diesel::sql_query("SELECT id FROM inodes WHERE id = $1 AND path = $2 FOR SHARE")
                         .bind::<diesel::sql_types::BigInt, _>(parent_id)
+                        .bind::<diesel::sql_types::Text, _>(parent_path)
                         .execute(c)?;
                     if held == 0 {
                         return Err(ActorError::Changed);
