@@ -9,6 +9,7 @@
 #          postgresql            (initdb/pg_ctl under /usr/lib/postgresql/*/bin, psql, pg_isready)
 #          prometheus            (prometheus server + promtool)
 #          prometheus-alertmanager (amtool, for `amtool check-config cluster/alertmanager.yml`)
+#          s3s-fs                (the S3 server of tests/s3.rs, through scripts/ensure-s3.sh)
 #
 # `make run` and `make check` use `build`; `make test` and cluster/start.sh use `test`.
 # Idempotent and quiet when everything is there; `apt-get update` runs only when something has to
@@ -59,6 +60,10 @@ missing=()
 for pkg in "${order[@]}"; do
   is_present "$pkg" || missing+=("$pkg")
 done
+
+if [[ ${1:-test} == test ]]; then
+  "$(dirname "$0")/ensure-s3.sh"
+fi
 
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 

@@ -211,6 +211,7 @@ impl From<ActorError> for ApiError {
             ActorError::InsufficientStorage => ApiError::InsufficientStorage,
             ActorError::Storage(msg) => ApiError::Storage(msg),
             ActorError::StorageTimeout => ApiError::BackendUnavailable("storage call timed out".into()),
+            ActorError::BackendUnavailable(msg) => ApiError::BackendUnavailable(msg),
             ActorError::MetadataUnavailable(msg) => ApiError::MetadataUnavailable(msg),
             ActorError::Metadata(msg) => ApiError::Internal(msg),
             ActorError::UploadAborted(msg) => ApiError::BadRequest(format!("upload aborted: {msg}")),

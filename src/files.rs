@@ -14,9 +14,9 @@ use callfs_actors::metadata::{
     NewEntry, RecordIntent, RenameEntry, SwitchBlob, TouchIntent,
 };
 use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
-use callfs_actors::storage::localfs::{
-    is_blob_id, new_blob_id, DeleteBlob, DiscardTemp, FileChunks, OpenBlob, OpenStaging, PublishBlob, StagedBlob,
-};
+use callfs_actors::storage::localfs::{is_blob_id, new_blob_id};
+use callfs_actors::storage::s3::content_type_for;
+pub use callfs_actors::storage::{Backend, BlobContent as Content, BlobStore, BlobWriter, OpenedBlob as Opened};
 use futures_util::{Stream, StreamExt};
 
 use crate::auth::Identity;
@@ -37,7 +37,7 @@ pub enum Route {
 
 pub fn route(node: &Node, entry: &Inode) -> Route {
     match entry.callfs_instance_id.as_deref() {
-        Some(owner) if entry.is_file() && entry.backend_type == "localfs" && owner != node.settings.instance_id => {
+        Some(owner) if entry.is_file() && entry.backend() == Backend::Localfs && owner != node.settings.instance_id => {
             Route::Peer(owner.to_string())
         }
         _ => Route::Local,
@@ -45,9 +45,13 @@ pub fn route(node: &Node, entry: &Inode) -> Route {
 }
 
 fn backend_label(entry: &Inode) -> BackendLabel {
-    match entry.backend_type.as_str() {
-        "s3" => BackendLabel::S3,
-        _ => BackendLabel::Localfs,
+    label(entry.backend())
+}
+
+fn label(backend: Backend) -> BackendLabel {
+    match backend {
+        Backend::S3 => BackendLabel::S3,
+        Backend::Localfs => BackendLabel::Localfs,
     }
 }
 
@@ -207,11 +211,12 @@ pub async fn write_file(
 ) -> Result<Written, ApiError> {
     let started = Instant::now();
     let op = if existing.is_some() { BackendOp::Update } else { BackendOp::Create };
+    let backend = label(node.default_backend());
     let result = stage_and_commit(node, identity, path, mode, body).await;
-    node.metrics.record_backend(BackendLabel::Localfs, op, backend_ok(&result), started.elapsed());
+    node.metrics.record_backend(backend, op, backend_ok(&result), started.elapsed());
     let written = result?;
     let file_op = if written == Written::Created { FileOp::Create } else { FileOp::Update };
-    node.metrics.record_file_op(file_op, BackendLabel::Localfs);
+    node.metrics.record_file_op(file_op, backend);
     Ok(written)
 }
 
@@ -241,19 +246,29 @@ fn backend_ok<T>(result: &Result<T, ApiError>) -> bool {
     !matches!(result, Err(ApiError::Storage(_) | ApiError::InsufficientStorage | ApiError::BackendUnavailable(_)))
 }
 
-/// A new blob of this node that no row references yet: unless committed (or left to the sweep
-/// after an ambiguous commit), dropping it deletes the bytes and the intent. Cleanup is a value,
-/// not a call on every error path.
+/// A new blob that no row references yet: unless committed (or left to the sweep after an
+/// ambiguous commit), dropping it deletes the bytes and the intent. Cleanup is a value, not a call
+/// on every error path (a blob still being written is removed by its [`BlobWriter`]).
 struct NewBlob<'a> {
     node: &'a Node,
+    store: BlobStore,
     blob: String,
-    /// The temporary file while the blob is not yet published.
-    temp: Option<std::path::PathBuf>,
     size: u64,
+    /// The blob is complete under its id (so dropping deletes it).
+    published: bool,
     armed: bool,
 }
 
 impl NewBlob<'_> {
+    fn backend(&self) -> Backend {
+        self.store.backend()
+    }
+
+    /// The `instance_id` of rows and intents of this blob: none for the shared bucket.
+    fn instance_id(&self) -> Option<String> {
+        (!self.backend().is_shared()).then(|| self.node.settings.instance_id.clone())
+    }
+
     /// Settled by a commit: the row references it and the intent is gone.
     fn committed(mut self) {
         self.armed = false;
@@ -263,13 +278,6 @@ impl NewBlob<'_> {
     fn left_to_the_sweep(mut self) {
         self.armed = false;
     }
-
-    /// Moves the complete temporary file to its blob location.
-    async fn publish(&mut self, staged: StagedBlob) -> Result<(), ApiError> {
-        node_publish(self.node, staged).await?;
-        self.temp = None;
-        Ok(())
-    }
 }
 
 impl Drop for NewBlob<'_> {
@@ -277,16 +285,11 @@ impl Drop for NewBlob<'_> {
         if !self.armed {
             return;
         }
-        match self.temp.take() {
-            Some(temp) => self.node.localfs.do_send(DiscardTemp { path: temp }),
-            None => self.node.localfs.do_send(DeleteBlob { blob: self.blob.clone() }),
+        if self.published {
+            self.store.delete_later(&self.blob);
         }
         self.node.metadata.do_send(DropIntent { blob: self.blob.clone() });
     }
-}
-
-async fn node_publish(node: &Node, staged: StagedBlob) -> Result<(), ApiError> {
-    node.disk(PublishBlob { staged }).await
 }
 
 /// True when a failed metadata call may still have committed (timeout, lost connection).
@@ -297,28 +300,30 @@ fn ambiguous(err: &ApiError) -> bool {
 /// How often a long upload refreshes its intent, so the sweep never takes it for abandoned.
 const INTENT_TOUCH: Duration = Duration::from_secs(60);
 
-/// Writes `body` into a new blob of this node: intent first, then the bytes into `tmp/`, chunk by
-/// chunk (never holding a thread between chunks), fsync, then the blob's final name. At most
-/// `max_bytes` are accepted.
+/// Writes `body` into a new blob of `backend`: intent first, then the bytes, chunk by chunk (never
+/// holding a thread between chunks; localfs stages in `tmp/`, S3 sends parts as they fill), then
+/// the blob's final name. At most `max_bytes` are accepted. `path` only picks the S3 Content-Type.
 async fn write_blob<'a>(
     node: &'a Node,
+    backend: Backend,
+    path: &str,
     mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
     max_bytes: u64,
 ) -> Result<NewBlob<'a>, ApiError> {
+    let store = node.store(backend)?;
     let blob = new_blob_id();
-    let me = Some(node.settings.instance_id.clone());
-    let intent = BlobRef { blob: blob.clone(), backend_type: "localfs".into(), instance_id: me };
+    let mut new = NewBlob { node, store, blob: blob.clone(), size: 0, published: false, armed: false };
+    let intent = BlobRef { blob: blob.clone(), backend_type: backend.as_str().into(), instance_id: new.instance_id() };
     node.meta(RecordIntent { blob: intent }).await?;
-    let mut new = NewBlob { node, blob: blob.clone(), temp: None, size: 0, armed: true };
-    let mut staging = node.disk(OpenStaging { blob }).await?;
-    new.temp = Some(staging.temp.clone());
+    new.armed = true;
+    let mut writer = node.storage(new.store.create(&blob, content_type_for(path))).await?;
     let mut buffer = BytesMut::new();
     let mut touched = Instant::now();
     loop {
         let done = match body.next().await {
             None => true,
             Some(Ok(chunk)) => {
-                if staging.size + (buffer.len() + chunk.len()) as u64 > max_bytes {
+                if writer.size() + (buffer.len() + chunk.len()) as u64 > max_bytes {
                     return Err(ApiError::PayloadTooLarge);
                 }
                 buffer.extend_from_slice(&chunk);
@@ -327,7 +332,7 @@ async fn write_blob<'a>(
             Some(Err(err)) => return Err(err),
         };
         if (done && !buffer.is_empty()) || buffer.len() >= WRITE_UNIT {
-            staging.write(buffer.split().freeze()).await?;
+            writer.write(buffer.split().freeze()).await?;
         }
         if touched.elapsed() >= INTENT_TOUCH {
             touched = Instant::now();
@@ -337,9 +342,12 @@ async fn write_blob<'a>(
             break;
         }
     }
-    let staged = staging.finish().await?;
-    new.size = staged.size;
-    new.publish(staged).await?;
+    new.size = match backend {
+        Backend::Localfs => node.storage(writer.finish()).await?,
+        // The last part and the completion: bounded by the S3 client's request timeout.
+        Backend::S3 => writer.finish().await?,
+    };
+    new.published = true;
     Ok(new)
 }
 
@@ -350,7 +358,7 @@ async fn stage_and_commit(
     mode: WriteMode,
     body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
-    let new = write_blob(node, body, node.settings.max_upload_bytes).await?;
+    let new = write_blob(node, node.default_backend(), path.as_str(), body, node.settings.max_upload_bytes).await?;
     let lock = node.lock(path.as_str()).await?;
     // Decide again under the lock: the path may have been created, replaced or moved since the
     // plan, and whatever is there now is what this write is authorised against.
@@ -366,7 +374,6 @@ async fn stage_and_commit(
         return Err(ApiError::NotADirectory);
     }
     let fences: Vec<Fence> = lock.fence().into_iter().collect();
-    let me = Some(node.settings.instance_id.clone());
     let committed = match replace {
         Some(entry) => {
             let switch = SwitchBlob {
@@ -375,8 +382,8 @@ async fn stage_and_commit(
                 expect_blob: None,
                 blob: new.blob.clone(),
                 size: new.size as i64,
-                backend_type: "localfs".into(),
-                instance_id: me,
+                backend_type: new.backend().as_str().into(),
+                instance_id: new.instance_id(),
                 content_write: true,
                 fences,
             };
@@ -388,8 +395,8 @@ async fn stage_and_commit(
                 is_dir: false,
                 size: new.size as i64,
                 owner: identity.user_id.clone(),
-                backend_type: "localfs".into(),
-                instance_id: me,
+                backend_type: new.backend().as_str().into(),
+                instance_id: new.instance_id(),
                 blob: Some(new.blob.clone()),
             };
             node.meta(CreateEntry { entry, fences }).await.map(|_| Written::Created).map_err(|err| match err {
@@ -509,38 +516,6 @@ pub async fn delete_entry(node: &Node, identity: &Identity, path: &CanonicalPath
     Ok(())
 }
 
-/// The body of a download: bytes already in memory, or an open file streamed chunk by chunk
-/// (with the number of bytes the stream yields).
-pub enum Content {
-    Inline(Bytes),
-    Stream(FileChunks, u64),
-}
-
-/// The bytes of a file, opened: every range is planned on `total`, the length of what was opened.
-pub struct Opened {
-    pub total: u64,
-    inline: Option<Bytes>,
-    file: Option<std::fs::File>,
-}
-
-impl Opened {
-    /// `len` bytes from `offset`, clamped to what was opened: never out of bounds.
-    pub fn range(self, offset: u64, len: u64) -> Content {
-        let offset = offset.min(self.total);
-        let len = len.min(self.total - offset);
-        match (self.inline, self.file) {
-            (Some(bytes), _) => Content::Inline(bytes.slice(offset as usize..(offset + len) as usize)),
-            (None, Some(file)) => Content::Stream(FileChunks::new(file, offset, len), len),
-            (None, None) => Content::Inline(Bytes::new()),
-        }
-    }
-
-    pub fn whole(self) -> Content {
-        let total = self.total;
-        self.range(0, total)
-    }
-}
-
 /// Opens the blob of `entry`. A blob collected after its grace period (the row changed since it
 /// was read) is resolved once more from a fresh row; the row actually served is returned so that
 /// every header names the bytes sent.
@@ -564,7 +539,7 @@ pub async fn open(node: &Node, entry: Inode) -> Result<(Inode, Opened), ApiError
 }
 
 fn missing_bytes(node: &Node, entry: &Inode) -> ApiError {
-    log::error!(path = entry.path.as_str(), blob = entry.blob.as_deref().unwrap_or(""), backend = "localfs"; "metadata row points at missing bytes");
+    log::error!(path = entry.path.as_str(), blob = entry.blob.as_deref().unwrap_or(""), backend = entry.backend().as_str(); "metadata row points at missing bytes");
     node.metrics.record_error(ErrorKind::MissingBytes);
     ApiError::FileNotFound
 }
@@ -573,20 +548,17 @@ async fn open_blob(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
     let Some(blob) = entry.blob.clone() else {
         return Err(ApiError::FileNotFound);
     };
+    let store = node.store(entry.backend())?;
     let started = Instant::now();
-    let opened = node.disk(OpenBlob { blob, inline_limit: INLINE_READ_LIMIT }).await;
+    let opened = node.storage(store.open(&blob, INLINE_READ_LIMIT)).await;
     node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
     let opened = opened?;
-    if opened.len != entry.size as u64 {
-        log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.len; "stored size differs from metadata");
+    if opened.total != entry.size as u64 {
+        log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.total; "stored size differs from metadata");
         node.metrics.record_error(ErrorKind::SizeMismatch);
     }
-    let total = match &opened.inline {
-        Some(bytes) => bytes.len() as u64,
-        None => opened.len,
-    };
     node.metrics.record_file_op(FileOp::Read, backend_label(entry));
-    Ok(Opened { total, inline: opened.inline, file: opened.file })
+    Ok(opened)
 }
 
 /// Opens a blob of this node by id (the internal blob endpoint).
@@ -594,12 +566,8 @@ pub async fn open_local_blob(node: &Node, blob: String) -> Result<Opened, ApiErr
     if !is_blob_id(&blob) {
         return Err(ApiError::BadRequest("malformed blob id".into()));
     }
-    let opened = node.disk(OpenBlob { blob, inline_limit: INLINE_READ_LIMIT }).await?;
-    let total = match &opened.inline {
-        Some(bytes) => bytes.len() as u64,
-        None => opened.len,
-    };
-    Ok(Opened { total, inline: opened.inline, file: opened.file })
+    let store = node.store(Backend::Localfs)?;
+    node.storage(store.open(&blob, INLINE_READ_LIMIT)).await
 }
 
 pub async fn list_children(node: &Node, dir: &Inode) -> Result<Vec<Inode>, ApiError> {
@@ -689,9 +657,23 @@ fn check_destination_rights(
     }
 }
 
-/// The node a PATCH relocates the file to, when it changes node.
+/// The node a PATCH relocates the file to, when it changes node (S3 files have no node: naming
+/// one is not a change of node when the backend stays S3).
 fn relocation_target<'a>(req: &'a MoveRequest, source: &Inode) -> Option<&'a str> {
+    if target_backend(req, source) == Backend::S3 {
+        return None;
+    }
     req.instance.as_deref().filter(|i| source.callfs_instance_id.as_deref() != Some(*i))
+}
+
+/// The backend a PATCH leaves the file on (default: its current one).
+fn target_backend(req: &MoveRequest, source: &Inode) -> Backend {
+    req.backend.as_deref().and_then(Backend::parse).unwrap_or(source.backend())
+}
+
+/// The PATCH changes the file's backend (tiering): a relocation, executed by the receiving node.
+fn backend_change(req: &MoveRequest, source: &Inode) -> bool {
+    source.is_file() && target_backend(req, source) != source.backend()
 }
 
 /// PATCH checks on the receiving node (api.md §8.5 steps 4–5) and the routing of cluster.md §5.
@@ -704,6 +686,7 @@ pub async fn plan_move(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     Ok(match relocation_target(req, &source) {
         Some(t) if t != node.settings.instance_id => MovePlan::Forward(t.to_string()),
         Some(_) => MovePlan::Relocate,
+        None if backend_change(req, &source) => MovePlan::Relocate,
         None if req.destination == req.source => MovePlan::Unchanged,
         None => MovePlan::Local,
     })
@@ -779,7 +762,7 @@ pub async fn move_entry(node: &Node, identity: &Identity, req: MoveRequest) -> R
     let source = read_entry(node, &req.source).await?;
     check_delete(identity, &source)?;
     check_move_shape(node, &req, &source)?;
-    if relocation_target(&req, &source).is_some() {
+    if relocation_target(&req, &source).is_some() || backend_change(&req, &source) {
         return Err(ApiError::ResourceChanged("the file was relocated meanwhile; retry".into()));
     }
     if req.destination == req.source {
@@ -815,7 +798,9 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     let row = read_entry(node, &req.source).await?;
     check_delete(identity, &row)?;
     check_move_shape(node, req, &row)?;
-    let already_here = row.callfs_instance_id.as_deref() == Some(me.as_str());
+    let target = target_backend(req, &row);
+    let already_here =
+        row.backend() == target && (target.is_shared() || row.callfs_instance_id.as_deref() == Some(me.as_str()));
     if already_here && req.destination == req.source {
         // An identical relocation got here first: nothing left to do.
         return Ok(());
@@ -825,12 +810,12 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     }
     let started = Instant::now();
     let (announced, body) = source_stream(node, &row).await?;
-    let new = write_blob(node, body, u64::MAX).await?;
+    let new = write_blob(node, target, req.source.as_str(), body, u64::MAX).await?;
     // End of stream is not success: the copy must have every byte the row and the source promised.
     if new.size != row.size as u64 || announced.is_some_and(|len| len != new.size) {
         return Err(ApiError::PeerError(format!("relocation copy has {} of {} bytes", new.size, row.size)));
     }
-    node.metrics.record_backend(BackendLabel::Localfs, BackendOp::Create, true, started.elapsed());
+    node.metrics.record_backend(label(target), BackendOp::Create, true, started.elapsed());
 
     let locks = node.lock_pair(req.source.as_str(), req.destination.as_str()).await?;
     let now = read_entry(node, &req.source).await?;
@@ -843,8 +828,8 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
         expect_blob: row.blob.clone(),
         blob: new.blob.clone(),
         size: new.size as i64,
-        backend_type: "localfs".into(),
-        instance_id: Some(me),
+        backend_type: new.backend().as_str().into(),
+        instance_id: new.instance_id(),
         content_write: false,
         fences: fences_of(&locks),
     };
@@ -860,7 +845,7 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
         let rename = rename_message(node, req, &now, destination_id, fences_of(&locks));
         node.meta(rename).await?;
     }
-    node.metrics.record_file_op(FileOp::Move, BackendLabel::Localfs);
+    node.metrics.record_file_op(FileOp::Move, label(target));
     Ok(())
 }
 
@@ -872,7 +857,8 @@ async fn source_stream(node: &Node, row: &Inode) -> Result<(Option<u64>, ByteStr
     let blob = row.blob.clone().ok_or(ApiError::FileNotFound)?;
     match route(node, row) {
         Route::Local => {
-            let opened = open_local_blob(node, blob).await?;
+            let store = node.store(row.backend())?;
+            let opened = node.storage(store.open(&blob, INLINE_READ_LIMIT)).await?;
             let total = opened.total;
             Ok((
                 Some(total),
@@ -938,7 +924,7 @@ fn check_move_shape(node: &Node, req: &MoveRequest, source: &Inode) -> Result<()
         return Err(ApiError::BadRequest("cannot move a directory into its own subtree".into()));
     }
     if let Some(backend) = req.backend.as_deref() {
-        if backend != "localfs" && backend != "s3" {
+        if Backend::parse(backend).is_none() {
             return Err(ApiError::BadRequest(format!("unknown backend \"{backend}\"")));
         }
     }
@@ -950,7 +936,7 @@ fn check_move_shape(node: &Node, req: &MoveRequest, source: &Inode) -> Result<()
     if source.is_dir() && (backend_change || instance_change) {
         return Err(ApiError::BadRequest("moving a directory to another backend or node is not supported".into()));
     }
-    if backend_change {
+    if backend_change && req.backend.as_deref() == Some("s3") && node.s3.is_none() {
         return Err(ApiError::BadRequest("the s3 backend is not configured on this node".into()));
     }
     Ok(())

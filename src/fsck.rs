@@ -1,6 +1,6 @@
 //! Storage upkeep outside the request path: converting a revision-1 root at start, and
-//! `callfs fsck [--repair]`, which compares this node's blobs with the metadata that references
-//! them (storage.md §1.4, §2).
+//! `callfs fsck [--repair]`, which compares this node's localfs blobs and the S3 bucket's objects
+//! with the metadata that references them (storage.md §1.4, §2, §3).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use callfs_actors::metadata::{self, AdoptBlob, LegacyFiles, ListBlobReferences, MetadataStore, StoreKind};
 use callfs_actors::metrics::Metrics;
-use callfs_actors::storage::localfs::{self, ConvertLegacy, DeleteBlob, ListBlobs, LocalFsWorker, RemoveLegacyFolders};
+use callfs_actors::storage::localfs::{self, ConvertLegacy, LocalFsWorker, RemoveLegacyFolders};
+use callfs_actors::storage::BlobStore;
 
 use crate::config;
 
@@ -147,25 +148,26 @@ async fn check(config: &config::Config, repair: bool) -> Result<Report, String> 
     localfs::check_root(&root).map_err(|e| format!("localfs root: {e}"))?;
     let fsync = config.backend.localfs_fsync;
     let disk = SyncArbiter::start(1, move || LocalFsWorker::new(root.clone(), fsync));
-    let references = store
-        .send(ListBlobReferences { instance_id })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("metadata store: {e}"))?;
-    let on_disk = disk.send(ListBlobs).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    let mut report = compare(&references, &on_disk, SystemTime::now());
-    if repair {
-        let mut kept = Vec::new();
-        for (blob, age) in report.unreferenced {
-            if age >= REPAIR_MIN_AGE {
-                if let Ok(Ok(())) = disk.send(DeleteBlob { blob: blob.clone() }).await {
-                    println!("deleted unreferenced blob: {blob}");
-                    continue;
-                }
+    let mut stores = vec![BlobStore::Localfs(disk)];
+    stores.extend(crate::server::start_s3(config).await?.map(BlobStore::S3));
+    let mut report = Report::default();
+    for blobs in stores {
+        let backend = blobs.backend();
+        let references = store
+            .send(ListBlobReferences { instance_id: instance_id.clone(), backend })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("metadata store: {e}"))?;
+        let stored = blobs.list().await.map_err(|e| format!("{}: {e}", backend.as_str()))?;
+        let found = compare(&references, &stored, SystemTime::now());
+        report.missing.extend(found.missing);
+        for (blob, age) in found.unreferenced {
+            if repair && age >= REPAIR_MIN_AGE && blobs.delete(&blob).await.is_ok() {
+                println!("deleted unreferenced blob: {blob} ({})", backend.as_str());
+                continue;
             }
-            kept.push((blob, age));
+            report.unreferenced.push((blob, age));
         }
-        report.unreferenced = kept;
     }
     Ok(report)
 }

@@ -11,6 +11,8 @@ use callfs_actors::metadata::MetadataStore;
 use callfs_actors::metrics::{Metrics, MetricsActor};
 use callfs_actors::peer::PeerProxy;
 use callfs_actors::storage::localfs::LocalFsWorker;
+use callfs_actors::storage::s3::S3Worker;
+use callfs_actors::storage::{Backend, BlobStore};
 use callfs_actors::ActorError;
 use ipnet::IpNet;
 
@@ -45,6 +47,8 @@ pub struct Node {
     pub settings: Settings,
     pub metadata: Addr<MetadataStore>,
     pub localfs: Addr<LocalFsWorker>,
+    /// The shared bucket, when `backend.s3_bucket_name` is set.
+    pub s3: Option<S3Worker>,
     /// Admission of upload bodies (per client and per node).
     pub upload_slots: crate::uploads::UploadSlots,
     pub locks: Addr<LockTable>,
@@ -95,6 +99,34 @@ impl Node {
     {
         let timeout = self.settings.file_op_timeout;
         ask(&self.localfs, msg, timeout, ApiError::BackendUnavailable("storage call timed out".into())).await
+    }
+
+    /// The blob store of `backend`; S3 without a configured bucket is unavailable.
+    pub fn store(&self, backend: Backend) -> Result<BlobStore, ApiError> {
+        match backend {
+            Backend::Localfs => Ok(BlobStore::Localfs(self.localfs.clone())),
+            Backend::S3 => self
+                .s3
+                .clone()
+                .map(BlobStore::S3)
+                .ok_or_else(|| ApiError::BackendUnavailable("the s3 backend is not configured on this node".into())),
+        }
+    }
+
+    /// Where new files go (`backend.default_backend`).
+    pub fn default_backend(&self) -> Backend {
+        Backend::parse(&self.settings.default_backend).unwrap_or(Backend::Localfs)
+    }
+
+    /// One blob-store call (not counting body streaming), bounded by `server.file_op_timeout`.
+    pub async fn storage<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ActorError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.settings.file_op_timeout, call).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(ApiError::BackendUnavailable("storage call timed out".into())),
+        }
     }
 
     /// Takes the path lock, waiting at most `dlm.acquire_timeout`.

@@ -53,6 +53,31 @@ pub fn run(config_path: Option<&Path>) -> i32 {
     }
 }
 
+/// The `backend.s3_*` settings of the S3 worker.
+pub fn s3_settings(config: &Config) -> callfs_actors::storage::s3::S3Settings {
+    let b = &config.backend;
+    callfs_actors::storage::s3::S3Settings {
+        bucket: b.s3_bucket_name.clone(),
+        region: b.s3_region.clone(),
+        endpoint: b.s3_endpoint.clone(),
+        access_key: b.s3_access_key.clone(),
+        secret_key: b.s3_secret_key.clone(),
+        server_side_encryption: b.s3_server_side_encryption.clone(),
+        kms_key_id: b.s3_kms_key_id.clone(),
+        acl: b.s3_acl.clone(),
+    }
+}
+
+/// The S3 worker when a bucket is configured; its HEAD must succeed (storage.md §3), else start fails.
+pub async fn start_s3(config: &Config) -> Result<Option<callfs_actors::storage::s3::S3Worker>, String> {
+    if config.backend.s3_bucket_name.is_empty() {
+        return Ok(None);
+    }
+    let worker = callfs_actors::storage::s3::S3Worker::new(&s3_settings(config)).map_err(|e| e.to_string())?;
+    worker.check_bucket().await.map_err(|e| format!("S3 bucket {}: {e}", config.backend.s3_bucket_name))?;
+    Ok(Some(worker))
+}
+
 fn settings(config: &Config) -> Settings {
     Settings {
         instance_id: config.instance_discovery.instance_id.clone(),
@@ -123,11 +148,13 @@ async fn serve(config: Config) -> Result<(), String> {
     let localfs = SyncArbiter::start(LOCALFS_THREADS, move || LocalFsWorker::new(root.clone(), fsync));
     // A revision-1 root is converted before the first request can look for a blob.
     crate::fsck::upgrade_layout(&metadata, &localfs, &instance_id).await?;
+    let s3 = start_s3(&config).await?;
     // Garbage, abandoned intents and leftovers of uploads cut short by a crash: now and every minute.
     callfs_actors::sweep::Sweeper {
         instance_id: instance_id.clone(),
         metadata: metadata.clone(),
         localfs: localfs.clone(),
+        s3: s3.clone(),
         metrics: metrics.clone(),
         started_at: chrono::DateTime::<chrono::Utc>::from(started_at).naive_utc(),
         started_at_system: started_at,
@@ -158,6 +185,7 @@ async fn serve(config: Config) -> Result<(), String> {
         settings: settings(&config),
         metadata,
         localfs,
+        s3,
         upload_slots: crate::uploads::UploadSlots::default(),
         locks,
         lease_store,

@@ -29,6 +29,8 @@ pub enum ActorError {
     Storage(String),
     #[error("storage call timed out")]
     StorageTimeout,
+    #[error("storage backend unavailable: {0}")]
+    BackendUnavailable(String),
     #[error("metadata store unavailable: {0}")]
     MetadataUnavailable(String),
     #[error("metadata query failed: {0}")]

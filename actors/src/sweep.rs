@@ -1,7 +1,9 @@
 //! The sweep (storage.md §1.4): the only code that deletes a node's blobs. At start and every
 //! minute it deletes this node's garbage blobs whose grace period is over, the blobs of intents no
 //! live write can still commit, and stale files in `tmp/`. Every deletion is settled by a recorded
-//! row, so nothing is deleted that a row may still reference.
+//! row, so nothing is deleted that a row may still reference. With S3 configured, every node also
+//! settles the shared bucket's garbage and abandoned intents: deleting an object is idempotent, so
+//! two nodes settling the same row at once only delete it twice.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +12,9 @@ use chrono::NaiveDateTime;
 
 use crate::metadata::{DropGarbage, DropIntent, DueGarbage, MetadataStore, StaleIntents};
 use crate::metrics::{Metrics, Outcome, SweepKind, SweepLabels};
-use crate::storage::localfs::{DeleteBlob, LocalFsWorker, SweepTempFiles};
+use crate::storage::localfs::{LocalFsWorker, SweepTempFiles};
+use crate::storage::s3::S3Worker;
+use crate::storage::{Backend, BlobStore};
 
 const INTERVAL: Duration = Duration::from_secs(60);
 /// Garbage rows handled per round; the next round takes the rest.
@@ -20,6 +24,7 @@ pub struct Sweeper {
     pub instance_id: String,
     pub metadata: Addr<MetadataStore>,
     pub localfs: Addr<LocalFsWorker>,
+    pub s3: Option<S3Worker>,
     pub metrics: Metrics,
     /// Intents created before this (node start) belong to writes that died with the last run.
     pub started_at: NaiveDateTime,
@@ -48,6 +53,7 @@ impl Handler<SweepNow> for Sweeper {
             instance_id: self.instance_id.clone(),
             metadata: self.metadata.clone(),
             localfs: self.localfs.clone(),
+            s3: self.s3.clone(),
             metrics: self.metrics.clone(),
             started_at: self.started_at,
             started_at_system: self.started_at_system,
@@ -60,6 +66,7 @@ struct Round {
     instance_id: String,
     metadata: Addr<MetadataStore>,
     localfs: Addr<LocalFsWorker>,
+    s3: Option<S3Worker>,
     metrics: Metrics,
     started_at: NaiveDateTime,
     started_at_system: SystemTime,
@@ -74,22 +81,10 @@ impl Round {
 
     async fn run(self) -> usize {
         let mut removed = 0;
-        let garbage = self.metadata.send(DueGarbage { instance_id: self.instance_id.clone(), limit: BATCH }).await;
-        if let Ok(Ok(garbage)) = garbage {
-            for blob in garbage {
-                // Bytes first, then the row: a crash in between leaves a row that the next round settles.
-                let ok = self.delete_then_forget(&blob, true).await;
-                self.count(SweepKind::Garbage, ok, 1);
-                removed += usize::from(ok);
-            }
-        }
-        let stale = StaleIntents { instance_id: self.instance_id.clone(), started_at: self.started_at };
-        if let Ok(Ok(intents)) = self.metadata.send(stale).await {
-            for blob in intents {
-                let ok = self.delete_then_forget(&blob, false).await;
-                self.count(SweepKind::Intent, ok, 1);
-                removed += usize::from(ok);
-            }
+        let mut stores = vec![BlobStore::Localfs(self.localfs.clone())];
+        stores.extend(self.s3.clone().map(BlobStore::S3));
+        for store in &stores {
+            removed += self.settle(store).await;
         }
         if let Ok(n) = self.localfs.send(SweepTempFiles { older_than: self.started_at_system }).await {
             self.count(SweepKind::Tmp, true, n as u64);
@@ -98,13 +93,34 @@ impl Round {
         removed
     }
 
-    async fn delete_then_forget(&self, blob: &str, garbage: bool) -> bool {
-        match self.localfs.send(DeleteBlob { blob: blob.to_string() }).await {
-            Ok(Ok(())) => {}
-            _ => {
-                log::warn!(blob = blob; "sweep could not delete a blob; retried next round");
-                return false;
+    /// Due garbage, then stale intents, of one store.
+    async fn settle(&self, store: &BlobStore) -> usize {
+        let mut removed = 0;
+        let backend: Backend = store.backend();
+        let due = DueGarbage { instance_id: self.instance_id.clone(), limit: BATCH, backend };
+        if let Ok(Ok(garbage)) = self.metadata.send(due).await {
+            for blob in garbage {
+                // Bytes first, then the row: a crash in between leaves a row that the next round settles.
+                let ok = self.delete_then_forget(store, &blob, true).await;
+                self.count(SweepKind::Garbage, ok, 1);
+                removed += usize::from(ok);
             }
+        }
+        let stale = StaleIntents { instance_id: self.instance_id.clone(), started_at: self.started_at, backend };
+        if let Ok(Ok(intents)) = self.metadata.send(stale).await {
+            for blob in intents {
+                let ok = self.delete_then_forget(store, &blob, false).await;
+                self.count(SweepKind::Intent, ok, 1);
+                removed += usize::from(ok);
+            }
+        }
+        removed
+    }
+
+    async fn delete_then_forget(&self, store: &BlobStore, blob: &str, garbage: bool) -> bool {
+        if store.delete(blob).await.is_err() {
+            log::warn!(blob = blob, backend = store.backend().as_str(); "sweep could not delete a blob; retried next round");
+            return false;
         }
         let forgot = if garbage {
             self.metadata.send(DropGarbage { blob: blob.to_string() }).await

@@ -52,6 +52,11 @@ impl Inode {
         self.kind == FILE
     }
 
+    /// The backend holding the row's bytes; an unknown value reads as `localfs` (revision 1 rows).
+    pub fn backend(&self) -> crate::storage::Backend {
+        crate::storage::Backend::parse(&self.backend_type).unwrap_or(crate::storage::Backend::Localfs)
+    }
+
     pub fn etag(&self) -> String {
         format!("\"{}-{}\"", self.id, self.content_version)
     }

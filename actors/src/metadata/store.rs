@@ -12,6 +12,7 @@ use super::schema::{blob_garbage, blob_intents, inodes, single_use_links};
 use super::{Inode, DIRECTORY, FILE};
 use crate::error::ActorError;
 use crate::metrics::{ErrorKind, MetadataOp, Metrics};
+use crate::storage::Backend;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
@@ -832,19 +833,29 @@ impl Handler<DropGarbage> for MetadataStore {
 pub struct DueGarbage {
     pub instance_id: String,
     pub limit: i64,
+    /// `Localfs`: this node's localfs garbage; `S3`: the shared bucket's garbage, whoever recorded it.
+    pub backend: Backend,
 }
 
 impl Handler<DueGarbage> for MetadataStore {
     type Result = Result<Vec<String>, ActorError>;
     fn handle(&mut self, msg: DueGarbage, _ctx: &mut Self::Context) -> Self::Result {
         self.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => blob_garbage::table
-                .filter(blob_garbage::instance_id.eq(&msg.instance_id))
-                .filter(blob_garbage::backend_type.eq("localfs"))
-                .filter(blob_garbage::delete_after.lt(now()))
-                .select(blob_garbage::blob)
-                .limit(msg.limit)
-                .load(c))?)
+            Ok(match msg.backend {
+                Backend::Localfs => with_conn!(conn, c => blob_garbage::table
+                    .filter(blob_garbage::instance_id.eq(&msg.instance_id))
+                    .filter(blob_garbage::backend_type.eq("localfs"))
+                    .filter(blob_garbage::delete_after.lt(now()))
+                    .select(blob_garbage::blob)
+                    .limit(msg.limit)
+                    .load(c))?,
+                Backend::S3 => with_conn!(conn, c => blob_garbage::table
+                    .filter(blob_garbage::backend_type.eq("s3"))
+                    .filter(blob_garbage::delete_after.lt(now()))
+                    .select(blob_garbage::blob)
+                    .limit(msg.limit)
+                    .load(c))?,
+            })
         })
     }
 }
@@ -856,6 +867,8 @@ impl Handler<DueGarbage> for MetadataStore {
 pub struct StaleIntents {
     pub instance_id: String,
     pub started_at: NaiveDateTime,
+    /// `S3`: intents of the shared bucket (no instance), stale only when untouched for an hour.
+    pub backend: Backend,
 }
 
 impl Handler<StaleIntents> for MetadataStore {
@@ -863,11 +876,19 @@ impl Handler<StaleIntents> for MetadataStore {
     fn handle(&mut self, msg: StaleIntents, _ctx: &mut Self::Context) -> Self::Result {
         let idle = now() - chrono::Duration::hours(1);
         self.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => blob_intents::table
-                .filter(blob_intents::instance_id.eq(&msg.instance_id))
-                .filter(blob_intents::created_at.lt(msg.started_at).or(blob_intents::touched_at.lt(idle)))
-                .select(blob_intents::blob)
-                .load(c))?)
+            Ok(match msg.backend {
+                Backend::Localfs => with_conn!(conn, c => blob_intents::table
+                    .filter(blob_intents::instance_id.eq(&msg.instance_id))
+                    .filter(blob_intents::backend_type.eq("localfs"))
+                    .filter(blob_intents::created_at.lt(msg.started_at).or(blob_intents::touched_at.lt(idle)))
+                    .select(blob_intents::blob)
+                    .load(c))?,
+                Backend::S3 => with_conn!(conn, c => blob_intents::table
+                    .filter(blob_intents::backend_type.eq("s3"))
+                    .filter(blob_intents::touched_at.lt(idle))
+                    .select(blob_intents::blob)
+                    .load(c))?,
+            })
         })
     }
 }
@@ -877,6 +898,8 @@ impl Handler<StaleIntents> for MetadataStore {
 #[rtype(result = "Result<BlobReferences, ActorError>")]
 pub struct ListBlobReferences {
     pub instance_id: String,
+    /// `Localfs`: this node's blobs; `S3`: the shared bucket's (every node's).
+    pub backend: Backend,
 }
 
 #[derive(Debug, Default)]
@@ -887,25 +910,47 @@ pub struct BlobReferences {
     pub garbage: Vec<String>,
 }
 
+/// `(blob, path)` of a file row as stored (the blob may be NULL on revision-1 rows).
+type BlobRow = (Option<String>, String);
+
 impl Handler<ListBlobReferences> for MetadataStore {
     type Result = Result<BlobReferences, ActorError>;
     fn handle(&mut self, msg: ListBlobReferences, _ctx: &mut Self::Context) -> Self::Result {
         self.run(MetadataOp::ListSubtree, |conn| {
             with_conn!(conn, c => {
-                let rows: Vec<(Option<String>, String)> = inodes::table
-                    .filter(inodes::kind.eq(FILE))
-                    .filter(inodes::backend_type.eq("localfs"))
-                    .filter(inodes::callfs_instance_id.eq(&msg.instance_id))
-                    .select((inodes::blob, inodes::path))
-                    .load(c)?;
-                let intents = blob_intents::table
-                    .filter(blob_intents::instance_id.eq(&msg.instance_id))
-                    .select(blob_intents::blob)
-                    .load(c)?;
-                let garbage = blob_garbage::table
-                    .filter(blob_garbage::instance_id.eq(&msg.instance_id))
-                    .select(blob_garbage::blob)
-                    .load(c)?;
+                let (rows, intents, garbage): (Vec<BlobRow>, Vec<String>, Vec<String>) = match msg.backend {
+                    Backend::Localfs => (
+                        inodes::table
+                            .filter(inodes::kind.eq(FILE))
+                            .filter(inodes::backend_type.eq("localfs"))
+                            .filter(inodes::callfs_instance_id.eq(&msg.instance_id))
+                            .select((inodes::blob, inodes::path))
+                            .load(c)?,
+                        blob_intents::table
+                            .filter(blob_intents::instance_id.eq(&msg.instance_id))
+                            .select(blob_intents::blob)
+                            .load(c)?,
+                        blob_garbage::table
+                            .filter(blob_garbage::instance_id.eq(&msg.instance_id))
+                            .select(blob_garbage::blob)
+                            .load(c)?,
+                    ),
+                    Backend::S3 => (
+                        inodes::table
+                            .filter(inodes::kind.eq(FILE))
+                            .filter(inodes::backend_type.eq("s3"))
+                            .select((inodes::blob, inodes::path))
+                            .load(c)?,
+                        blob_intents::table
+                            .filter(blob_intents::backend_type.eq("s3"))
+                            .select(blob_intents::blob)
+                            .load(c)?,
+                        blob_garbage::table
+                            .filter(blob_garbage::backend_type.eq("s3"))
+                            .select(blob_garbage::blob)
+                            .load(c)?,
+                    ),
+                };
                 let rows = rows.into_iter().map(|(b, p)| (b.unwrap_or_default(), p)).collect();
                 Ok::<_, ActorError>(BlobReferences { rows, intents, garbage })
             })

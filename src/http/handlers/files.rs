@@ -42,15 +42,18 @@ pub fn item(entry: &Inode) -> serde_json::Value {
     })
 }
 
-/// The metadata headers of api.md §8.0.
-fn metadata_headers(res: &mut HttpResponseBuilder, entry: &Inode) {
+/// The metadata headers of api.md §8.0. `X-CallFS-Instance-ID` names the node holding the bytes;
+/// S3 files belong to no node, so it names the node that served them.
+fn metadata_headers(res: &mut HttpResponseBuilder, entry: &Inode, node: &Node) {
     res.insert_header(("X-CallFS-Type", entry.kind.as_str()))
         .insert_header(("X-CallFS-Size", entry.size.to_string()))
         .insert_header(("X-CallFS-Mode", entry.mode.as_str()))
         .insert_header(("X-CallFS-Owner", entry.owner.as_str()))
         .insert_header(("X-CallFS-MTime", rfc3339(entry.mtime)))
         .insert_header(("X-CallFS-Backend", entry.backend_type.as_str()));
-    if let Some(instance) = entry.callfs_instance_id.as_deref() {
+    let shared = entry.is_file() && entry.backend().is_shared();
+    let instance = if shared { Some(node.settings.instance_id.as_str()) } else { entry.callfs_instance_id.as_deref() };
+    if let Some(instance) = instance {
         res.insert_header(("X-CallFS-Instance-ID", instance));
     }
     if entry.is_file() {
@@ -120,7 +123,7 @@ pub async fn get(
     }
     if entry.is_dir() {
         let mut res = HttpResponse::Ok();
-        metadata_headers(&mut res, &entry);
+        metadata_headers(&mut res, &entry, node);
         let children = files::list_children(node, &entry).await?;
         let items: Vec<_> = children.iter().map(item).collect();
         return Ok(res.body(serde_json::Value::Array(items).to_string()));
@@ -135,13 +138,13 @@ pub async fn get(
     let validators = Validators { etag: &etag, mtime: entry.mtime };
     if plan(&conditions, &validators, entry.size as u64) == Plan::NotModified {
         let mut res = HttpResponse::NotModified();
-        metadata_headers(&mut res, &entry);
+        metadata_headers(&mut res, &entry, node);
         return Ok(res.finish());
     }
     // Headers and ranges come from the row whose blob was opened: they always name the bytes sent.
     let (entry, opened) = files::open(node, entry).await?;
     let mut res = HttpResponse::Ok();
-    metadata_headers(&mut res, &entry);
+    metadata_headers(&mut res, &entry, node);
     let etag = entry.etag();
     let validators = Validators { etag: &etag, mtime: entry.mtime };
     let total = opened.total;
@@ -173,7 +176,7 @@ pub async fn head(
         return forward(req, node, to_owner(owner, "HEAD", &parsed.path, identity, ops)).await;
     }
     let mut res = HttpResponse::Ok();
-    metadata_headers(&mut res, &entry);
+    metadata_headers(&mut res, &entry, node);
     let length = if entry.is_file() { entry.size as u64 } else { 0 };
     Ok(res.body(AnnouncedLength(length)))
 }

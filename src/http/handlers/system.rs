@@ -53,13 +53,22 @@ async fn ready_on(node: &Node) -> HttpResponse {
             None => None,
         }
     };
-    let (metadata, localfs, locks) = tokio::join!(metadata, localfs, locks);
+    let s3 = async {
+        match &node.s3 {
+            Some(worker) => Some(tokio::time::timeout(READY_CHECK_TIMEOUT, worker.check_bucket()).await),
+            None => None,
+        }
+    };
+    let (metadata, localfs, locks, s3) = tokio::join!(metadata, localfs, locks, s3);
     let mut checks = Map::new();
     checks.insert("metadata_store".into(), Value::String(verdict("metadata_store", metadata)));
     if let Some(locks) = locks {
         checks.insert("locks".into(), Value::String(verdict("locks", locks)));
     }
     checks.insert("localfs".into(), Value::String(verdict("localfs", localfs)));
+    if let Some(s3) = s3 {
+        checks.insert("s3".into(), Value::String(verdict("s3", s3)));
+    }
     let ok = checks.values().all(|v| v == "ok");
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
     let mut res = if ok { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
