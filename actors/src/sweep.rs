@@ -19,6 +19,8 @@ use crate::storage::{Backend, BlobStore};
 const INTERVAL: Duration = Duration::from_secs(60);
 /// Garbage rows handled per round; the next round takes the rest.
 const BATCH: i64 = 1000;
+/// Batches per round at most: 50,000 blobs a minute per node and store.
+const MAX_BATCHES: usize = 50;
 
 pub struct Sweeper {
     pub instance_id: String,
@@ -97,13 +99,22 @@ impl Round {
     async fn settle(&self, store: &BlobStore) -> usize {
         let mut removed = 0;
         let backend: Backend = store.backend();
-        let due = DueGarbage { instance_id: self.instance_id.clone(), limit: BATCH, backend };
-        if let Ok(Ok(garbage)) = self.metadata.send(due).await {
+        // Batch after batch while batches come back full, so a busy node's garbage never outgrows
+        // the sweep (bounded per round; the next round takes the rest).
+        for _ in 0..MAX_BATCHES {
+            let due = DueGarbage { instance_id: self.instance_id.clone(), limit: BATCH, backend };
+            let Ok(Ok(garbage)) = self.metadata.send(due).await else { break };
+            let full = garbage.len() as i64 == BATCH;
+            let mut all_ok = true;
             for blob in garbage {
                 // Bytes first, then the row: a crash in between leaves a row that the next round settles.
                 let ok = self.delete_then_forget(store, &blob, true).await;
                 self.count(SweepKind::Garbage, ok, 1);
                 removed += usize::from(ok);
+                all_ok &= ok;
+            }
+            if !full || !all_ok {
+                break;
             }
         }
         let stale = StaleIntents { instance_id: self.instance_id.clone(), started_at: self.started_at, backend };
