@@ -90,15 +90,8 @@ pub fn compare(references: &metadata::BlobReferences, on_disk: &[(String, System
 /// `callfs fsck --config FILE [--repair]`: prints the findings; exit 0 when clean, 1 otherwise
 /// (also when the configuration or the metadata store fails).
 pub fn run(config_path: Option<&Path>, repair: bool) -> i32 {
-    let loaded = match config::load(config_path) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            eprintln!("Configuration validation failed:");
-            for error in errors {
-                eprintln!("  {error}");
-            }
-            return 1;
-        }
+    let Some(loaded) = config::load_or_report(config_path) else {
+        return 1;
     };
     let config = loaded.config;
     let system = actix::System::new();

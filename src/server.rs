@@ -23,15 +23,8 @@ use crate::tls;
 const LOCALFS_THREADS: usize = 16;
 
 pub fn run(config_path: Option<&Path>) -> i32 {
-    let loaded = match config::load(config_path) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            eprintln!("Configuration validation failed:");
-            for error in errors {
-                eprintln!("  {error}");
-            }
-            return 1;
-        }
+    let Some(loaded) = config::load_or_report(config_path) else {
+        return 1;
     };
     crate::logging::init(&loaded.config.log.level, &loaded.config.log.format);
     for warning in &loaded.warnings {

@@ -15,6 +15,21 @@ const DEFAULT_FILES: [&str; 3] = ["config.yaml", "config.yml", "config.json"];
 /// Upper bound on conversion errors collected from one load (each resets one key and retries).
 const MAX_CONVERSION_ERRORS: usize = 200;
 
+/// [`load`] for commands that stop on an invalid configuration: prints
+/// `Configuration validation failed:` and one error per line to stderr, and returns `None`.
+pub fn load_or_report(path: Option<&Path>) -> Option<Loaded> {
+    match load(path) {
+        Ok(loaded) => Some(loaded),
+        Err(errors) => {
+            eprintln!("Configuration validation failed:");
+            for error in errors {
+                eprintln!("  {error}");
+            }
+            None
+        }
+    }
+}
+
 /// Loads the configuration from defaults, the file and the process environment.
 ///
 /// `path` is the `--config` value (the file must exist); `None` uses the first existing of

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use de::duration_str;
 
-pub use load::{load, load_from};
+pub use load::{load, load_from, load_or_report};
 pub use validate::validate;
 
 /// Placeholder defaults that validation refuses.
