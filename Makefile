@@ -16,7 +16,7 @@ FUZZ_TARGETS := endpoint path
 # how long make soak runs: seconds, or a number with s, m or h (10m)
 DURATION ?= 10m
 
-.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-proxy cluster cluster-down
+.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-disk bench-proxy cluster cluster-down
 
 # Everything `make test` needs: the build libraries plus PostgreSQL, Prometheus and Alertmanager.
 deps:
@@ -72,8 +72,13 @@ check-alertmanager:
 	$(AMTOOL) config routes test --config.file=cluster/alertmanager.yml --verify.receivers=ticket \
 	  severity=warning alertname=CallFSHighLatency
 
+# callfs against nginx and dufs on tmpfs (when /dev/shm has room), plus the PostgreSQL and two-node
+# rows (a private PostgreSQL from scripts/with-postgres.sh); bench-disk runs the same on disk.
 bench: build
-	bench/run.sh
+	scripts/with-postgres.sh bench/run.sh
+
+bench-disk: build
+	BENCH_TMPDIR=/var/tmp BENCH_RESULTS=bench/results-disk.md scripts/with-postgres.sh bench/run.sh
 
 bench-proxy: build
 	scripts/with-postgres.sh bench/proxy.sh
