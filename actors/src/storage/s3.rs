@@ -33,6 +33,10 @@ use crate::storage::localfs::is_blob_id;
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// S3's limit on the number of parts of one upload.
 const MAX_PARTS: u32 = 10_000;
+/// Larger part sizes are whole MiB, so the parts of one upload are round and few sizes occur.
+const PART_STEP: u64 = 1024 * 1024;
+/// S3's largest object (storage.md §5).
+pub const MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// Retries of an idempotent call after the first attempt, with exponential backoff from 100 ms.
 const RETRIES: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -117,6 +121,16 @@ pub fn content_type_for(path: &str) -> &'static str {
         Some("md") => "text/markdown",
         _ => "application/octet-stream",
     }
+}
+
+/// The part size of an upload (storage.md §3, §5): 8 MiB, or for a known length above 10,000 such
+/// parts, `ceil(len / 10,000)` rounded up to a whole MiB, so no upload needs more than 10,000
+/// parts. Unknown lengths keep 8 MiB (so at most ~78 GiB each).
+pub fn part_size_for(expected_len: Option<u64>) -> usize {
+    let Some(len) = expected_len else { return PART_SIZE };
+    let per_part = len.div_ceil(u64::from(MAX_PARTS)).div_ceil(PART_STEP) * PART_STEP;
+    // At most 5 TiB / 10,000 (about 525 MiB): `len` is checked against MAX_OBJECT first.
+    usize::try_from(per_part).map_or(PART_SIZE, |size| size.max(PART_SIZE))
 }
 
 /// Connection errors, timeouts, 5xx, 408, 429 and `SlowDown` are worth another attempt.
@@ -355,12 +369,22 @@ impl S3Worker {
         ObjectChunks { rx }
     }
 
-    /// Starts writing a new blob (no network call until the first part fills or the end).
-    pub fn create(&self, blob: &str, content_type: &'static str) -> Result<S3Upload, ActorError> {
+    /// Starts writing a new blob (no network call until the first part fills or the end);
+    /// `expected_len`, when the body's length is known, picks the part size.
+    pub fn create(
+        &self,
+        blob: &str,
+        content_type: &'static str,
+        expected_len: Option<u64>,
+    ) -> Result<S3Upload, ActorError> {
+        if expected_len.is_some_and(|len| len > MAX_OBJECT) {
+            return Err(ActorError::TooLarge);
+        }
         Ok(S3Upload {
             worker: self.clone(),
             key: object_key(blob)?,
             content_type,
+            part_size: part_size_for(expected_len),
             buffer: BytesMut::new(),
             upload_id: None,
             parts: Vec::new(),
@@ -390,6 +414,8 @@ pub struct S3Upload {
     worker: S3Worker,
     key: String,
     content_type: &'static str,
+    /// 8 MiB, more for a known length of over 10,000 such parts.
+    part_size: usize,
     buffer: BytesMut,
     upload_id: Option<String>,
     parts: Vec<Part>,
@@ -406,12 +432,12 @@ impl S3Upload {
         let mut rest = &data[..];
         while !rest.is_empty() {
             if self.buffer.capacity() == 0 {
-                self.buffer = BytesMut::with_capacity(PART_SIZE);
+                self.buffer = BytesMut::with_capacity(self.part_size);
             }
-            let take = rest.len().min(PART_SIZE - self.buffer.len());
+            let take = rest.len().min(self.part_size - self.buffer.len());
             self.buffer.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
-            if self.buffer.len() == PART_SIZE {
+            if self.buffer.len() == self.part_size {
                 let part = std::mem::take(&mut self.buffer).freeze();
                 self.send_part(part).await?;
             }
@@ -552,6 +578,25 @@ mod tests {
         assert_eq!(content_type_for("/a.d/b"), "application/octet-stream");
         assert_eq!(content_type_for("/x.tar.gz"), "application/octet-stream");
         assert_eq!(content_type_for("/notes.md"), "text/markdown");
+    }
+
+    #[test]
+    fn part_sizes_keep_uploads_within_10000_parts() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(part_size_for(None), PART_SIZE, "unknown length: 8 MiB");
+        assert_eq!(part_size_for(Some(0)), PART_SIZE);
+        assert_eq!(part_size_for(Some(10 * 1024 * MIB)), PART_SIZE, "10 GiB fits in 1,280 parts of 8 MiB");
+        // Exactly 10,000 parts of 8 MiB still use 8 MiB; one byte more needs 9 MiB parts.
+        assert_eq!(part_size_for(Some(10_000 * 8 * MIB)), PART_SIZE);
+        assert_eq!(part_size_for(Some(10_000 * 8 * MIB + 1)), 9 * MIB as usize);
+        // 100 GiB: ceil(10.24 MiB) = 11 MiB; 5 TiB: 525 MiB (under S3's 5 GiB part limit).
+        assert_eq!(part_size_for(Some(100 * 1024 * MIB)), 11 * MIB as usize);
+        assert_eq!(part_size_for(Some(MAX_OBJECT)), 525 * MIB as usize);
+        for len in [1, 8 * MIB, 80 * 1024 * MIB, 80 * 1024 * MIB + 12_345, 777 * 1024 * MIB + 1, MAX_OBJECT] {
+            let part = part_size_for(Some(len)) as u64;
+            assert!(len.div_ceil(part) <= u64::from(MAX_PARTS), "{len} bytes in parts of {part}");
+            assert!(part.is_multiple_of(MIB) && (8 * MIB..=5 * 1024 * MIB).contains(&part), "{len}: {part}");
+        }
     }
 
     #[test]
