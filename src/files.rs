@@ -543,6 +543,26 @@ pub async fn open(node: &Node, entry: Inode) -> Result<(Inode, Opened), ApiError
     }
 }
 
+/// `len` bytes from `offset` of an opened blob, as a download body. A backend that fails after the
+/// open (an S3 server dying mid-body) cuts the body short and counts one failed backend operation,
+/// so the failure shows in `callfs_backend_ops_total` and not only as a closed connection.
+pub fn download_body(node: &Node, entry: &Inode, opened: Opened, offset: u64, len: u64) -> Content {
+    match opened.range(offset, len) {
+        Content::Stream(chunks, len) => {
+            let (metrics, backend, started) = (node.metrics.clone(), backend_label(entry), Instant::now());
+            let mut counted = false;
+            let chunks = chunks.inspect(move |chunk| {
+                if chunk.is_err() && !counted {
+                    counted = true;
+                    metrics.record_backend(backend, BackendOp::Open, false, started.elapsed());
+                }
+            });
+            Content::Stream(Box::pin(chunks), len)
+        }
+        inline => inline,
+    }
+}
+
 fn missing_bytes(node: &Node, entry: &Inode) -> ApiError {
     log::error!(path = entry.path.as_str(), blob = entry.blob.as_deref().unwrap_or(""), backend = entry.backend().as_str(); "metadata row points at missing bytes");
     node.metrics.record_error(ErrorKind::MissingBytes);

@@ -157,7 +157,7 @@ pub async fn get(
             (first, last - first + 1)
         }
     };
-    Ok(match opened.range(offset, len) {
+    Ok(match files::download_body(node, &entry, opened, offset, len) {
         Content::Inline(bytes) => res.body(bytes),
         Content::Stream(stream, len) => res.no_chunking(len).streaming(stream),
     })
