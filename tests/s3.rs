@@ -396,6 +396,50 @@ fn two_nodes_share_the_bucket() {
     assert_eq!(fetch(&n2, "/shared/f.bin"), b"v2", "readable with node 1 dead");
 }
 
+/// Any node may settle the shared bucket's garbage, but each blob is deleted and counted once: two
+/// nodes sweeping the same due garbage at the same moment (both at start) claim disjoint rows.
+#[test]
+fn s3_garbage_is_swept_once_by_two_nodes() {
+    if skip_postgres() {
+        return;
+    }
+    let s3 = S3Server::start();
+    if !s3.is_local() {
+        return;
+    }
+    let mut n1 = Node::start(s3.node_options(NodeOptions::new(Db::Postgres)));
+    let dsn = n1.config["metadata_store"]["dsn"].as_str().unwrap().to_string();
+    let mut n2 = Node::start(
+        s3.node_options(NodeOptions::new(Db::Sqlite))
+            .set("metadata_store", json!({"type": "postgres", "dsn": dsn}))
+            .set("instance_discovery.instance_id", json!("test-node-2")),
+    );
+    const FILES: usize = 200;
+    for i in 0..FILES {
+        assert_eq!(n1.post(&format!("/v1/files/g/{i}.txt"), ALICE_KEY, b"garbage soon").status, 201);
+        assert_eq!(n1.delete(&format!("/v1/files/g/{i}.txt"), ALICE_KEY).status, 204);
+    }
+    assert_eq!(s3.objects().len(), FILES, "deleted files stay in the bucket for the grace period");
+    // End the grace period now, then start both sweeps together (each node sweeps at start).
+    psql(&dsn, "UPDATE blob_garbage SET delete_after = now() - interval '1 minute'").unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| n1.restart());
+        scope.spawn(|| n2.restart());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !s3.objects().is_empty() || psql(&dsn, "SELECT count(*) FROM blob_garbage").unwrap() != "0" {
+        assert!(std::time::Instant::now() < deadline, "garbage left: {} objects", s3.objects().len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let swept = |n: &Node, status: &str| {
+        metric_value(&n.metrics(), "callfs_blob_sweeps_total", &[("kind", "garbage"), ("status", status)])
+    };
+    let (one, two) = (swept(&n1, "success"), swept(&n2, "success"));
+    eprintln!("S3 garbage swept: node 1 {one}, node 2 {two}");
+    assert_eq!(one + two, FILES as f64, "each blob counted once (node 1 {one}, node 2 {two})");
+    assert_eq!(swept(&n1, "failure") + swept(&n2, "failure"), 0.0);
+}
+
 /// A bucket that cannot be reached or refuses the keys stops the start (storage.md §3), exit 1.
 #[test]
 fn start_fails_without_a_usable_bucket() {
