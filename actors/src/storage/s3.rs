@@ -158,6 +158,24 @@ fn classify(err: S3Error) -> ActorError {
     }
 }
 
+/// The outcome of a CompleteMultipartUpload answered with a success status. S3 may still report a
+/// failure in a 200 body (`<Error>`), so that body is checked; but the name of the success root
+/// differs between servers (AWS and s3s-fs: `CompleteMultipartUploadResult`; moto:
+/// `CompleteMultipartUploadResponse`), so any other root is success. rust-s3's own
+/// `complete_multipart_upload` insists on the AWS name and so fails every upload on moto.
+fn completion_outcome(status: u16, body: &[u8]) -> Result<(), ActorError> {
+    let text = String::from_utf8_lossy(body);
+    let root = text
+        .split('<')
+        .map(str::trim_start)
+        .find(|tag| !tag.is_empty() && !tag.starts_with('?') && !tag.starts_with('!'))
+        .map(|tag| tag.split(|c: char| c.is_whitespace() || c == '>' || c == '/').next().unwrap_or(""));
+    match root {
+        Some("Error") => Err(classify(S3Error::HttpFailWithBody(status, text.into_owned()))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs an idempotent call, retrying transient failures with exponential backoff.
 async fn retried<T, F, Fut>(mut call: F) -> Result<T, ActorError>
 where
@@ -511,7 +529,15 @@ impl S3Upload {
                 (self.key.clone(), self.upload_id.clone().unwrap_or_default(), std::mem::take(&mut self.parts));
             self.worker
                 .run(move |inner| async move {
-                    inner.bucket.complete_multipart_upload(&key, &upload_id, parts).await.map_err(classify)
+                    let data = s3::serde_types::CompleteMultipartUploadData { parts };
+                    let command = s3::command::Command::CompleteMultipartUpload { upload_id: &upload_id, data };
+                    let response = ReqwestRequest::new(&inner.bucket, &key, command)
+                        .await
+                        .map_err(classify)?
+                        .response_data(false)
+                        .await
+                        .map_err(classify)?;
+                    completion_outcome(response.status_code(), response.as_slice())
                 })
                 .await?;
         }
@@ -597,6 +623,22 @@ mod tests {
             assert!(len.div_ceil(part) <= u64::from(MAX_PARTS), "{len} bytes in parts of {part}");
             assert!(part.is_multiple_of(MIB) && (8 * MIB..=5 * 1024 * MIB).contains(&part), "{len}: {part}");
         }
+    }
+
+    #[test]
+    fn multipart_completion_accepts_any_success_root_but_error() {
+        let aws = br#"<?xml version="1.0" encoding="UTF-8"?>
+<CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><ETag>"x-2"</ETag></CompleteMultipartUploadResult>"#;
+        let moto = br#"<?xml version="1.0" encoding="utf-8"?>
+<CompleteMultipartUploadResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><ETag>"x-2"</ETag></CompleteMultipartUploadResponse>"#;
+        let error = br#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"#;
+        assert_eq!(completion_outcome(200, aws), Ok(()));
+        assert_eq!(completion_outcome(200, moto), Ok(()));
+        assert!(matches!(
+            completion_outcome(200, error),
+            Err(ActorError::BackendUnavailable(m)) if m.contains("InternalError")
+        ));
     }
 
     #[test]
