@@ -224,18 +224,25 @@ sample_rss &
 sampler=$!
 pids+=("$sampler")
 
-declare -A speeds share
-run_step() { # run_step LABEL put|get URL ARGS...: REPEAT runs -> speeds[LABEL], share[LABEL]
-  local label=$1 runs=() before s i
+cpu_secs() { # cpu_secs PID -> utime + stime in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz}' "/proc/$1/stat"
+}
+declare -A speeds share cfs_cpu s3_cpu
+run_step() { # run_step LABEL put|get URL ARGS...: REPEAT runs -> speeds, share, CPU s per run
+  local label=$1 runs=() before s i c0 s0
   before=$(cpu_snap)
+  c0=$(cpu_secs "$cfs_pid") s0=$(cpu_secs "$s3_pid")
   for ((i = 1; i <= REPEAT; i++)); do
     s=$(transfer "$label #$i" "$2" "$3" "${@:4}")
     log "$label #$i: $(mib "$s") MiB/s"
     runs+=("$s")
   done
+  cfs_cpu[$label]=$(awk -v a="$c0" -v b="$(cpu_secs "$cfs_pid")" -v n="$REPEAT" 'BEGIN {printf "%.1f", (b - a) / n}')
+  s3_cpu[$label]=$(awk -v a="$s0" -v b="$(cpu_secs "$s3_pid")" -v n="$REPEAT" 'BEGIN {printf "%.1f", (b - a) / n}')
   share[$label]=$(foreign_share "$before" "$(cpu_snap)")
   speeds[$label]=$(median "${runs[@]}")
-  log "$label: median $(mib "${speeds[$label]}") MiB/s (other processes: ${share[$label]}% of the CPU)"
+  log "$label: median $(mib "${speeds[$label]}") MiB/s (other processes: ${share[$label]}% of the CPU;" \
+    "CPU s per transfer: callfs ${cfs_cpu[$label]}, s3s-fs ${s3_cpu[$label]})"
 }
 
 file_url="$cfs_url/v1/files/bench/large.bin"
@@ -280,6 +287,9 @@ Load average before / after: $load_start / $load_end.
 callfs VmRSS: $((rss_start / 1024)) MiB before the transfers, $((rss_max / 1024)) MiB at most while sampled every 50 ms.
 Other processes' share of the CPU (incl. steal) per step: upload callfs ${share[upload callfs]}%,
 upload direct ${share[upload direct]}%, download callfs ${share[download callfs]}%, download direct ${share[download direct]}%.
+CPU seconds per transfer, callfs / s3s-fs: upload through callfs ${cfs_cpu[upload callfs]} / ${s3_cpu[upload callfs]},
+direct upload - / ${s3_cpu[upload direct]}, download through callfs ${cfs_cpu[download callfs]} / ${s3_cpu[download callfs]},
+direct download - / ${s3_cpu[download direct]}.
 The direct upload is one PutObject (curl cannot do multipart); callfs sends 8 MiB multipart parts
 with one in flight beside the one filling. Downloads are checked by size; callfs's bytes by SHA-256.
 
