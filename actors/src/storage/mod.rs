@@ -84,7 +84,10 @@ impl OpenedBlob {
         match self.body {
             OpenedBody::Inline(bytes) => BlobContent::Inline(bytes.slice(offset as usize..(offset + len) as usize)),
             OpenedBody::File(file) => BlobContent::Stream(Box::pin(FileChunks::new(file, offset, len)), len),
-            OpenedBody::S3(worker, blob) => BlobContent::Stream(Box::pin(worker.get_range(&blob, offset, len)), len),
+            OpenedBody::S3(worker, blob) => {
+                let whole = offset == 0 && len == self.total;
+                BlobContent::Stream(Box::pin(worker.get_range(&blob, offset, len, whole)), len)
+            }
         }
     }
 

@@ -335,10 +335,12 @@ impl S3Worker {
         .await
     }
 
-    /// Streams `len` bytes of a blob from `offset` with a ranged GET (nothing for `len == 0`).
+    /// Streams `len` bytes of a blob from `offset` with a ranged GET (nothing for `len == 0`); a
+    /// `whole` object is a plain GET, which servers serve more cheaply than a range (s3s-fs spent
+    /// 60% more CPU on `bytes=0-<last>` than on the same bytes without a Range).
     /// The GET runs on the S3 runtime and feeds a two-chunk queue, so a slow client slows the read;
     /// a body shorter than asked ends with an error, never silently.
-    pub fn get_range(&self, blob: &str, offset: u64, len: u64) -> ObjectChunks {
+    pub fn get_range(&self, blob: &str, offset: u64, len: u64, whole: bool) -> ObjectChunks {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_QUEUE);
         if len > 0 {
             let key = object_key(blob);
@@ -353,7 +355,11 @@ impl S3Worker {
                 };
                 let end = offset + len - 1;
                 let opened = retried(|| async {
-                    let command = s3::command::Command::GetObjectRange { start: offset, end: Some(end) };
+                    let command = if whole {
+                        s3::command::Command::GetObject
+                    } else {
+                        s3::command::Command::GetObjectRange { start: offset, end: Some(end) }
+                    };
                     let request = ReqwestRequest::new(&inner.bucket, &key, command).await?;
                     request.response_data_to_stream().await
                 })
