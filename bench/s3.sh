@@ -245,6 +245,43 @@ run_step() { # run_step LABEL put|get URL ARGS...: REPEAT runs -> speeds, share,
     "CPU s per transfer: callfs ${cfs_cpu[$label]}, s3s-fs ${s3_cpu[$label]})"
 }
 
+# Informational: the same server taking the file as a multipart upload of 8 MiB parts sent one after
+# another by curl (what the spec makes callfs do above 8 MiB), to show what multipart costs the
+# server itself. Prints bytes/s like transfer(). (--data-binary @- holds one 8 MiB part in curl;
+# curl 7.88 mis-signs `-T -` with a query string.)
+direct_multipart() {
+  local url="$s3_url/$BUCKET/direct-mp.bin" part=$((8 * 1048576)) upload_id n i etag start end xml
+  start=$(date +%s.%N)
+  upload_id=$(curl -fsS --max-time 60 "${sig[@]}" -X POST "$url?uploads=" | # "uploads=": curl 7.88 signs a bare "uploads" wrongly
+    sed -n 's:.*<UploadId>\(.*\)</UploadId>.*:\1:p')
+  [[ -n $upload_id ]] || die "direct multipart: no UploadId"
+  n=$(((large_bytes + part - 1) / part))
+  xml="<CompleteMultipartUpload>"
+  for ((i = 1; i <= n; i++)); do
+    etag=$(dd if="$large" bs="$part" skip=$((i - 1)) count=1 status=none |
+      curl -fsS --max-time 60 "${sig[@]}" -X PUT --data-binary @- -o /dev/null -D - \
+        "$url?partNumber=$i&uploadId=$upload_id" | tr -d '\r' | awk 'tolower($1) == "etag:" {print $2}')
+    [[ -n $etag ]] || die "direct multipart: part $i has no ETag"
+    xml+="<Part><PartNumber>$i</PartNumber><ETag>$etag</ETag></Part>"
+  done
+  xml+="</CompleteMultipartUpload>"
+  curl -fsS --max-time "$CURL_MAX" "${sig[@]}" -X POST -H "Content-Type: application/xml" --data-binary "$xml" \
+    -o /dev/null "$url?uploadId=$upload_id" || die "direct multipart: completion failed"
+  end=$(date +%s.%N)
+  awk -v b="$large_bytes" -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", b / (e - s)}'
+}
+mp_runs=()
+mp_before=$(cpu_snap)
+mp_s0=$(cpu_secs "$s3_pid")
+for ((i = 1; i <= REPEAT; i++)); do
+  mp_runs+=("$(direct_multipart)")
+  log "upload direct multipart #$i: $(mib "${mp_runs[-1]}") MiB/s"
+done
+mp_speed=$(median "${mp_runs[@]}")
+mp_s3_cpu=$(awk -v a="$mp_s0" -v b="$(cpu_secs "$s3_pid")" -v n="$REPEAT" 'BEGIN {printf "%.1f", (b - a) / n}')
+mp_share=$(foreign_share "$mp_before" "$(cpu_snap)")
+log "upload direct multipart: median $(mib "$mp_speed") MiB/s (other processes: $mp_share% of the CPU; s3s-fs CPU s $mp_s3_cpu)"
+
 file_url="$cfs_url/v1/files/bench/large.bin"
 object_url="$s3_url/$BUCKET/direct.bin"
 run_step "upload callfs" put "$file_url" "${cfs_hdr[@]}"
@@ -283,12 +320,13 @@ Load average before / after: $load_start / $load_end.
 | $(numfmt --to=iec "$large_bytes") upload MiB/s | $(mib "${speeds[upload callfs]}") | $(mib "${speeds[upload direct]}") | $up_ratio | $(verdict "$up_ratio") (≥ 0.8) |
 | $(numfmt --to=iec "$large_bytes") download MiB/s | $(mib "${speeds[download callfs]}") | $(mib "${speeds[download direct]}") | $down_ratio | $(verdict "$down_ratio") (≥ 0.8) |
 | callfs peak RSS (VmHWM) during both | $hwm_mib MiB | | | $rss_ok (< 96 MiB) |
+| informational: upload vs direct 8 MiB multipart (curl, parts one after another) | $(mib "${speeds[upload callfs]}") | $(mib "$mp_speed") | $(ratio "${speeds[upload callfs]}" "$mp_speed") | |
 
 callfs VmRSS: $((rss_start / 1024)) MiB before the transfers, $((rss_max / 1024)) MiB at most while sampled every 50 ms.
 Other processes' share of the CPU (incl. steal) per step: upload callfs ${share[upload callfs]}%,
-upload direct ${share[upload direct]}%, download callfs ${share[download callfs]}%, download direct ${share[download direct]}%.
+upload direct ${share[upload direct]}%, direct multipart $mp_share%, download callfs ${share[download callfs]}%, download direct ${share[download direct]}%.
 CPU seconds per transfer, callfs / s3s-fs: upload through callfs ${cfs_cpu[upload callfs]} / ${s3_cpu[upload callfs]},
-direct upload - / ${s3_cpu[upload direct]}, download through callfs ${cfs_cpu[download callfs]} / ${s3_cpu[download callfs]},
+direct upload - / ${s3_cpu[upload direct]}, direct multipart upload - / $mp_s3_cpu, download through callfs ${cfs_cpu[download callfs]} / ${s3_cpu[download callfs]},
 direct download - / ${s3_cpu[download direct]}.
 The direct upload is one PutObject (curl cannot do multipart); callfs sends 8 MiB multipart parts
 with one in flight beside the one filling. Downloads are checked by size; callfs's bytes by SHA-256.
