@@ -328,8 +328,8 @@ upload direct ${share[upload direct]}%, direct multipart $mp_share%, download ca
 CPU seconds per transfer, callfs / s3s-fs: upload through callfs ${cfs_cpu[upload callfs]} / ${s3_cpu[upload callfs]},
 direct upload - / ${s3_cpu[upload direct]}, direct multipart upload - / $mp_s3_cpu, download through callfs ${cfs_cpu[download callfs]} / ${s3_cpu[download callfs]},
 direct download - / ${s3_cpu[download direct]}.
-The direct upload is one PutObject (curl cannot do multipart); callfs sends 8 MiB multipart parts
-with one in flight beside the one filling. Downloads are checked by size; callfs's bytes by SHA-256.
+The direct upload is one PutObject; callfs sends 8 MiB multipart parts (storage.md §3) with one in
+flight beside the one filling; the informational row has curl send the same 8 MiB parts in sequence. Downloads are checked by size; callfs's bytes by SHA-256.
 
 Command: \`make bench-s3\` (= \`bench/s3.sh\` after \`cargo build --release\`), with
 BENCH_LARGE_SIZE=$LARGE_SIZE BENCH_LARGE_REPEAT=$REPEAT.
