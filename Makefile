@@ -16,7 +16,7 @@ FUZZ_TARGETS := endpoint path
 # how long make soak runs: seconds, or a number with s, m or h (10m)
 DURATION ?= 10m
 
-.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-disk bench-proxy cluster cluster-down
+.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-disk bench-proxy bench-s3 cluster cluster-down
 
 # Everything `make test` needs: the build libraries plus PostgreSQL, Prometheus and Alertmanager.
 deps:
@@ -82,6 +82,10 @@ bench-disk: build
 
 bench-proxy: build
 	scripts/with-postgres.sh bench/proxy.sh
+
+bench-s3: build
+	scripts/ensure-s3.sh
+	bench/s3.sh
 
 cluster: build
 	cluster/start.sh

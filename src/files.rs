@@ -207,12 +207,13 @@ pub async fn write_file(
     path: &CanonicalPath,
     mode: WriteMode,
     existing: Option<Box<Inode>>,
+    declared_length: Option<u64>,
     body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
     let started = Instant::now();
     let op = if existing.is_some() { BackendOp::Update } else { BackendOp::Create };
     let backend = label(node.default_backend());
-    let result = stage_and_commit(node, identity, path, mode, body).await;
+    let result = stage_and_commit(node, identity, path, mode, declared_length, body).await;
     node.metrics.record_backend(backend, op, backend_ok(&result), started.elapsed());
     let written = result?;
     let file_op = if written == Written::Created { FileOp::Create } else { FileOp::Update };
@@ -302,11 +303,13 @@ const INTENT_TOUCH: Duration = Duration::from_secs(60);
 
 /// Writes `body` into a new blob of `backend`: intent first, then the bytes, chunk by chunk (never
 /// holding a thread between chunks; localfs stages in `tmp/`, S3 sends parts as they fill), then
-/// the blob's final name. At most `max_bytes` are accepted. `path` only picks the S3 Content-Type.
+/// the blob's final name. At most `max_bytes` are accepted. `path` only picks the S3 Content-Type;
+/// `expected_len` (a declared or known length) only sizes S3 parts.
 async fn write_blob<'a>(
     node: &'a Node,
     backend: Backend,
     path: &str,
+    expected_len: Option<u64>,
     mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
     max_bytes: u64,
 ) -> Result<NewBlob<'a>, ApiError> {
@@ -316,7 +319,7 @@ async fn write_blob<'a>(
     let intent = BlobRef { blob: blob.clone(), backend_type: backend.as_str().into(), instance_id: new.instance_id() };
     node.meta(RecordIntent { blob: intent }).await?;
     new.armed = true;
-    let mut writer = node.storage(new.store.create(&blob, content_type_for(path))).await?;
+    let mut writer = node.storage(new.store.create(&blob, content_type_for(path), expected_len)).await?;
     let mut buffer = BytesMut::new();
     let mut touched = Instant::now();
     loop {
@@ -356,9 +359,11 @@ async fn stage_and_commit(
     identity: &Identity,
     path: &CanonicalPath,
     mode: WriteMode,
+    declared_length: Option<u64>,
     body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
-    let new = write_blob(node, node.default_backend(), path.as_str(), body, node.settings.max_upload_bytes).await?;
+    let (backend, max) = (node.default_backend(), node.settings.max_upload_bytes);
+    let new = write_blob(node, backend, path.as_str(), declared_length, body, max).await?;
     let lock = node.lock(path.as_str()).await?;
     // Decide again under the lock: the path may have been created, replaced or moved since the
     // plan, and whatever is there now is what this write is authorised against.
@@ -535,6 +540,26 @@ pub async fn open(node: &Node, entry: Inode) -> Result<(Inode, Opened), ApiError
         }
         Ok(opened) => Ok((entry, opened)),
         Err(err) => Err(err),
+    }
+}
+
+/// `len` bytes from `offset` of an opened blob, as a download body. A backend that fails after the
+/// open (an S3 server dying mid-body) cuts the body short and counts one failed backend operation,
+/// so the failure shows in `callfs_backend_ops_total` and not only as a closed connection.
+pub fn download_body(node: &Node, entry: &Inode, opened: Opened, offset: u64, len: u64) -> Content {
+    match opened.range(offset, len) {
+        Content::Stream(chunks, len) => {
+            let (metrics, backend, started) = (node.metrics.clone(), backend_label(entry), Instant::now());
+            let mut counted = false;
+            let chunks = chunks.inspect(move |chunk| {
+                if chunk.is_err() && !counted {
+                    counted = true;
+                    metrics.record_backend(backend, BackendOp::Open, false, started.elapsed());
+                }
+            });
+            Content::Stream(Box::pin(chunks), len)
+        }
+        inline => inline,
     }
 }
 
@@ -810,7 +835,7 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
     }
     let started = Instant::now();
     let (announced, body) = source_stream(node, &row).await?;
-    let new = write_blob(node, target, req.source.as_str(), body, u64::MAX).await?;
+    let new = write_blob(node, target, req.source.as_str(), Some(row.size as u64), body, u64::MAX).await?;
     // End of stream is not success: the copy must have every byte the row and the source promised.
     if new.size != row.size as u64 || announced.is_some_and(|len| len != new.size) {
         return Err(ApiError::PeerError(format!("relocation copy has {} of {} bytes", new.size, row.size)));

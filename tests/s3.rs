@@ -199,6 +199,77 @@ fn s3_server_killed_mid_upload(db: Db) {
     assert_eq!(s3.objects().len(), 1, "only the committed object is in the bucket");
 }
 
+fn s3_failures(n: &Node) -> f64 {
+    metric_value(&n.metrics(), "callfs_backend_ops_total", &[("backend_type", "s3"), ("status", "failure")])
+}
+
+/// The S3 server dies in the middle of a download: the client's body is cut short in bounded time
+/// (never a hang, never a silently short 200), the failure is counted; with S3 still down a GET
+/// answers 503 BACKEND_UNAVAILABLE with Retry-After after the bounded retries; once S3 is back the
+/// same file reads back whole.
+fn s3_server_killed_mid_download(db: Db) {
+    let mut s3 = S3Server::start();
+    if !s3.is_local() {
+        return;
+    }
+    let n = s3_node(db, &s3);
+    const LEN: u64 = 64 * MIB;
+    const SEED: u64 = 0xd0;
+    let (expected, _) = hash_reader(GenReader::new(SEED, LEN)).unwrap();
+    let r = n.upload_reader("PUT", "/v1/files/dl.bin", ALICE_KEY, LEN, GenReader::new(SEED, LEN));
+    assert_eq!(r.status, 201, "PUT: {}", r.describe());
+    let failures_before = s3_failures(&n);
+
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let started = std::time::Instant::now();
+    let response =
+        agent.get(&n.url("/v1/files/dl.bin")).set("Authorization", &format!("Bearer {ALICE_KEY}")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.header("content-length"), Some(LEN.to_string().as_str()));
+    let mut body = response.into_reader();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0u64;
+    // Read a few MiB, kill the server, then drain what the sockets still hold.
+    while received < 4 * MIB {
+        let got = body.read(&mut buf).expect("read before the kill");
+        assert!(got > 0, "body ended early before the kill");
+        received += got as u64;
+    }
+    s3.kill();
+    let outcome = loop {
+        match body.read(&mut buf) {
+            Ok(0) => break "eof",
+            Ok(got) => received += got as u64,
+            Err(_) => break "error",
+        }
+    };
+    let took = started.elapsed();
+    assert!(received < LEN, "the whole body arrived although S3 died ({outcome})");
+    assert!(took < Duration::from_secs(20), "the cut body took {took:?} to end ({outcome})");
+    eprintln!("S3 killed mid-download: {received} of {LEN} bytes, ended by {outcome} after {took:?}");
+    // The failure is counted once the node saw the cut connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s3_failures(&n) <= failures_before {
+        assert!(std::time::Instant::now() < deadline, "no S3 failure counted:\n{}", n.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // S3 still down: bounded retries, then 503 with the spec's code and a Retry-After.
+    let failures_down = s3_failures(&n);
+    let asked = std::time::Instant::now();
+    let r = n.get("/v1/files/dl.bin", ALICE_KEY);
+    let took = asked.elapsed();
+    assert_error(&r, 503, "BACKEND_UNAVAILABLE", "GET with S3 down");
+    assert_eq!(r.header("retry-after"), Some("1"), "{}", r.describe());
+    assert!(took < Duration::from_secs(5), "503 after {took:?}: the retries are bounded");
+    assert!(s3_failures(&n) > failures_down, "the failed open is counted");
+
+    s3.restart();
+    let (r, sha, len) = n.get_hashed("/v1/files/dl.bin", ALICE_KEY);
+    assert_eq!(r.status, 200, "after restart: {}", r.describe());
+    assert_eq!((len, sha), (LEN, expected), "the whole file after the restart");
+}
+
 /// Files already on localfs keep working when the default becomes S3.
 fn localfs_files_survive_the_switch(db: Db) {
     let s3 = S3Server::start();
@@ -325,6 +396,50 @@ fn two_nodes_share_the_bucket() {
     assert_eq!(fetch(&n2, "/shared/f.bin"), b"v2", "readable with node 1 dead");
 }
 
+/// Any node may settle the shared bucket's garbage, but each blob is deleted and counted once: two
+/// nodes sweeping the same due garbage at the same moment (both at start) claim disjoint rows.
+#[test]
+fn s3_garbage_is_swept_once_by_two_nodes() {
+    if skip_postgres() {
+        return;
+    }
+    let s3 = S3Server::start();
+    if !s3.is_local() {
+        return;
+    }
+    let mut n1 = Node::start(s3.node_options(NodeOptions::new(Db::Postgres)));
+    let dsn = n1.config["metadata_store"]["dsn"].as_str().unwrap().to_string();
+    let mut n2 = Node::start(
+        s3.node_options(NodeOptions::new(Db::Sqlite))
+            .set("metadata_store", json!({"type": "postgres", "dsn": dsn}))
+            .set("instance_discovery.instance_id", json!("test-node-2")),
+    );
+    const FILES: usize = 200;
+    for i in 0..FILES {
+        assert_eq!(n1.post(&format!("/v1/files/g/{i}.txt"), ALICE_KEY, b"garbage soon").status, 201);
+        assert_eq!(n1.delete(&format!("/v1/files/g/{i}.txt"), ALICE_KEY).status, 204);
+    }
+    assert_eq!(s3.objects().len(), FILES, "deleted files stay in the bucket for the grace period");
+    // End the grace period now, then start both sweeps together (each node sweeps at start).
+    psql(&dsn, "UPDATE blob_garbage SET delete_after = now() - interval '1 minute'").unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| n1.restart());
+        scope.spawn(|| n2.restart());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !s3.objects().is_empty() || psql(&dsn, "SELECT count(*) FROM blob_garbage").unwrap() != "0" {
+        assert!(std::time::Instant::now() < deadline, "garbage left: {} objects", s3.objects().len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let swept = |n: &Node, status: &str| {
+        metric_value(&n.metrics(), "callfs_blob_sweeps_total", &[("kind", "garbage"), ("status", status)])
+    };
+    let (one, two) = (swept(&n1, "success"), swept(&n2, "success"));
+    eprintln!("S3 garbage swept: node 1 {one}, node 2 {two}");
+    assert_eq!(one + two, FILES as f64, "each blob counted once (node 1 {one}, node 2 {two})");
+    assert_eq!(swept(&n1, "failure") + swept(&n2, "failure"), 0.0);
+}
+
 /// A bucket that cannot be reached or refuses the keys stops the start (storage.md §3), exit 1.
 #[test]
 fn start_fails_without_a_usable_bucket() {
@@ -363,6 +478,7 @@ db_tests!(
     fsck_covers_the_bucket,
     s3_large_transfer,
     s3_server_killed_mid_upload,
+    s3_server_killed_mid_download,
     localfs_files_survive_the_switch,
     tiering_both_ways
 );

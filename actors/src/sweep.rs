@@ -2,8 +2,8 @@
 //! minute it deletes this node's garbage blobs whose grace period is over, the blobs of intents no
 //! live write can still commit, and stale files in `tmp/`. Every deletion is settled by a recorded
 //! row, so nothing is deleted that a row may still reference. With S3 configured, every node also
-//! settles the shared bucket's garbage and abandoned intents: deleting an object is idempotent, so
-//! two nodes settling the same row at once only delete it twice.
+//! settles the shared bucket's garbage and abandoned intents; on PostgreSQL each row is claimed
+//! (`FOR UPDATE SKIP LOCKED`, see `DueGarbage`) so two nodes never delete and count the same blob.
 
 use std::time::{Duration, SystemTime};
 

@@ -760,9 +760,42 @@ pub struct NodeOptions {
     pub use_port2: bool,
 }
 
+thread_local! {
+    /// Settings every `NodeOptions::new` of this test thread starts from: how the `*_s3` variants
+    /// of a suite (`s3_db_tests!`) run its unchanged tests with `default_backend: s3`.
+    static BASE_SETS: std::cell::RefCell<Vec<(String, Value)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// While alive, nodes started by this thread get `sets` first (a test's own `set`s still win).
+pub struct BaseSettings(());
+
+impl BaseSettings {
+    pub fn apply(sets: Vec<(String, Value)>) -> BaseSettings {
+        BASE_SETS.with(|base| *base.borrow_mut() = sets);
+        BaseSettings(())
+    }
+}
+
+/// The `backend_type` new files of this test thread get: `s3` in the `*_s3` variants.
+pub fn default_backend() -> &'static str {
+    let s3 = BASE_SETS.with(|base| base.borrow().iter().any(|(k, v)| k == "backend.default_backend" && v == "s3"));
+    if s3 {
+        "s3"
+    } else {
+        "localfs"
+    }
+}
+
+impl Drop for BaseSettings {
+    fn drop(&mut self) {
+        BASE_SETS.with(|base| base.borrow_mut().clear());
+    }
+}
+
 impl NodeOptions {
     pub fn new(db: Db) -> NodeOptions {
-        NodeOptions { db, debug: false, sets: Vec::new(), removes: Vec::new(), env: Vec::new(), use_port2: false }
+        let sets = BASE_SETS.with(|base| base.borrow().clone());
+        NodeOptions { db, debug: false, sets, removes: Vec::new(), env: Vec::new(), use_port2: false }
     }
     /// `log.level: debug`.
     pub fn debug(mut self) -> Self {
@@ -1137,6 +1170,39 @@ impl Drop for Node {
 pub fn abort_stream(s: TcpStream) {
     let _ = s.shutdown(Shutdown::Both);
     drop(s);
+}
+
+/// The same suites with `backend.default_backend: s3`: `sqlite_s3::<name>` and `postgres_s3::<name>`
+/// (named so that a `sqlite::` filter does not pick them). Each test gets its own S3 server with
+/// a fresh bucket (`S3Server::start`: a local s3s-fs, or the external S3 of `CALLFS_TEST_S3_*`),
+/// killed after the test's nodes. The including file declares `mod s3server` (common/s3server.rs).
+#[allow(unused_macros)]
+macro_rules! s3_db_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_s3 {
+            $(
+                #[test]
+                fn $name() {
+                    let s3 = $crate::s3server::S3Server::start();
+                    let _base = $crate::common::BaseSettings::apply(s3.settings());
+                    super::$name($crate::common::Db::Sqlite)
+                }
+            )*
+        }
+        mod postgres_s3 {
+            $(
+                #[test]
+                fn $name() {
+                    if $crate::common::skip_postgres() {
+                        return;
+                    }
+                    let s3 = $crate::s3server::S3Server::start();
+                    let _base = $crate::common::BaseSettings::apply(s3.settings());
+                    super::$name($crate::common::Db::Postgres)
+                }
+            )*
+        }
+    };
 }
 
 /// Generate test suites running on both databases: `sqlite::<name>` and `postgres::<name>`,

@@ -2,13 +2,15 @@
 //! port with a fresh bucket directory, or the external S3 named by `CALLFS_TEST_S3_ENDPOINT`,
 //! `CALLFS_TEST_S3_BUCKET`, `CALLFS_TEST_S3_ACCESS_KEY` and `CALLFS_TEST_S3_SECRET_KEY`.
 
+#![allow(dead_code)]
+
 use std::fs;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::common::{free_port, random_hex, NodeOptions};
 
@@ -131,14 +133,24 @@ impl S3Server {
         out
     }
 
+    /// The settings that store new files in this bucket.
+    pub fn settings(&self) -> Vec<(String, Value)> {
+        [
+            ("backend.default_backend", json!("s3")),
+            ("backend.s3_bucket_name", json!(self.bucket)),
+            ("backend.s3_endpoint", json!(self.endpoint)),
+            ("backend.s3_region", json!("us-east-1")),
+            ("backend.s3_access_key", json!(self.access_key)),
+            ("backend.s3_secret_key", json!(self.secret_key)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// Node options storing new files in this bucket.
     pub fn node_options(&self, opts: NodeOptions) -> NodeOptions {
-        opts.set("backend.default_backend", json!("s3"))
-            .set("backend.s3_bucket_name", json!(self.bucket))
-            .set("backend.s3_endpoint", json!(self.endpoint))
-            .set("backend.s3_region", json!("us-east-1"))
-            .set("backend.s3_access_key", json!(self.access_key))
-            .set("backend.s3_secret_key", json!(self.secret_key))
+        self.settings().into_iter().fold(opts, |opts, (k, v)| opts.set(&k, v))
     }
 }
 

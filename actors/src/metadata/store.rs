@@ -837,27 +837,67 @@ pub struct DueGarbage {
     pub backend: Backend,
 }
 
+/// How long an S3 garbage row claimed by one node's sweep stays invisible to the others: far longer
+/// than a batch of deletes takes. A node that dies mid-batch leaves its rows to whoever comes next.
+const S3_GARBAGE_CLAIM: chrono::Duration = chrono::Duration::minutes(5);
+
+#[derive(QueryableByName)]
+struct ClaimedBlob {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    blob: String,
+}
+
+fn claimed(rows: Vec<ClaimedBlob>) -> Vec<String> {
+    rows.into_iter().map(|row| row.blob).collect()
+}
+
+fn pg(pooled: &mut PooledConnection<PgManager>) -> &mut PgConnection {
+    pooled
+}
+
 impl Handler<DueGarbage> for MetadataStore {
     type Result = Result<Vec<String>, ActorError>;
     fn handle(&mut self, msg: DueGarbage, _ctx: &mut Self::Context) -> Self::Result {
         self.run(MetadataOp::Get, |conn| {
-            Ok(match msg.backend {
-                Backend::Localfs => with_conn!(conn, c => blob_garbage::table
+            Ok(match (msg.backend, conn) {
+                // Any node may settle the shared bucket's garbage: each row is claimed by pushing
+                // its `delete_after` past the claim period, skipping rows another node is claiming
+                // right now, so two sweeps never delete and count the same blob. The row itself
+                // stays until its bytes are gone (bytes first, then the row).
+                (Backend::S3, Conn::Pg(pooled)) => claimed(
+                    diesel::sql_query(
+                        "UPDATE blob_garbage SET delete_after = $1 WHERE blob IN (\
+                       SELECT blob FROM blob_garbage WHERE backend_type = 's3' AND delete_after < $2 \
+                       ORDER BY delete_after LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING blob",
+                    )
+                    .bind::<diesel::sql_types::Timestamp, _>(now() + S3_GARBAGE_CLAIM)
+                    .bind::<diesel::sql_types::Timestamp, _>(now())
+                    .bind::<diesel::sql_types::BigInt, _>(msg.limit)
+                    .load::<ClaimedBlob>(pg(pooled))?,
+                ),
+                (backend, conn) => due_garbage(conn, backend, &msg)?,
+            })
+        })
+    }
+}
+
+/// Due garbage by a plain query: this node's localfs, or S3 on SQLite (a single node).
+fn due_garbage(conn: &mut Conn, backend: Backend, msg: &DueGarbage) -> Result<Vec<String>, ActorError> {
+    Ok(match backend {
+        Backend::Localfs => with_conn!(conn, c => blob_garbage::table
                     .filter(blob_garbage::instance_id.eq(&msg.instance_id))
                     .filter(blob_garbage::backend_type.eq("localfs"))
                     .filter(blob_garbage::delete_after.lt(now()))
                     .select(blob_garbage::blob)
                     .limit(msg.limit)
                     .load(c))?,
-                Backend::S3 => with_conn!(conn, c => blob_garbage::table
+        Backend::S3 => with_conn!(conn, c => blob_garbage::table
                     .filter(blob_garbage::backend_type.eq("s3"))
                     .filter(blob_garbage::delete_after.lt(now()))
                     .select(blob_garbage::blob)
                     .limit(msg.limit)
                     .load(c))?,
-            })
-        })
-    }
+    })
 }
 
 /// Intents of one node that no live write can still settle: created before the node started, or
@@ -883,11 +923,25 @@ impl Handler<StaleIntents> for MetadataStore {
                     .filter(blob_intents::created_at.lt(msg.started_at).or(blob_intents::touched_at.lt(idle)))
                     .select(blob_intents::blob)
                     .load(c))?,
-                Backend::S3 => with_conn!(conn, c => blob_intents::table
-                    .filter(blob_intents::backend_type.eq("s3"))
-                    .filter(blob_intents::touched_at.lt(idle))
-                    .select(blob_intents::blob)
-                    .load(c))?,
+                // Claimed like S3 garbage: touching the intent hides it from the other nodes'
+                // sweeps for another hour, so one node deletes and counts each abandoned blob.
+                Backend::S3 => match conn {
+                    Conn::Pg(pooled) => claimed(
+                        diesel::sql_query(
+                            "UPDATE blob_intents SET touched_at = $1 WHERE blob IN (\
+                           SELECT blob FROM blob_intents WHERE backend_type = 's3' AND touched_at < $2 \
+                           FOR UPDATE SKIP LOCKED) RETURNING blob",
+                        )
+                        .bind::<diesel::sql_types::Timestamp, _>(now())
+                        .bind::<diesel::sql_types::Timestamp, _>(idle)
+                        .load::<ClaimedBlob>(pg(pooled))?,
+                    ),
+                    conn => with_conn!(conn, c => blob_intents::table
+                        .filter(blob_intents::backend_type.eq("s3"))
+                        .filter(blob_intents::touched_at.lt(idle))
+                        .select(blob_intents::blob)
+                        .load(c))?,
+                },
             })
         })
     }

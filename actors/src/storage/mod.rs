@@ -84,7 +84,10 @@ impl OpenedBlob {
         match self.body {
             OpenedBody::Inline(bytes) => BlobContent::Inline(bytes.slice(offset as usize..(offset + len) as usize)),
             OpenedBody::File(file) => BlobContent::Stream(Box::pin(FileChunks::new(file, offset, len)), len),
-            OpenedBody::S3(worker, blob) => BlobContent::Stream(Box::pin(worker.get_range(&blob, offset, len)), len),
+            OpenedBody::S3(worker, blob) => {
+                let whole = offset == 0 && len == self.total;
+                BlobContent::Stream(Box::pin(worker.get_range(&blob, offset, len, whole)), len)
+            }
         }
     }
 
@@ -113,14 +116,20 @@ impl BlobStore {
         }
     }
 
-    /// Starts a new blob; `content_type` is recorded where the backend keeps one (S3).
-    pub async fn create(&self, blob: &str, content_type: &'static str) -> Result<BlobWriter, ActorError> {
+    /// Starts a new blob; `content_type` is recorded where the backend keeps one (S3), and
+    /// `expected_len` (the body's length, when known) sizes S3 parts so an upload stays ≤ 10,000.
+    pub async fn create(
+        &self,
+        blob: &str,
+        content_type: &'static str,
+        expected_len: Option<u64>,
+    ) -> Result<BlobWriter, ActorError> {
         match self {
             BlobStore::Localfs(addr) => {
                 let staging = addr.send(OpenStaging { blob: blob.to_string() }).await.map_err(mailbox)??;
                 Ok(BlobWriter::Localfs { temp: Some(staging.temp.clone()), staging: Some(staging), addr: addr.clone() })
             }
-            BlobStore::S3(worker) => Ok(BlobWriter::S3(Some(worker.create(blob, content_type)?))),
+            BlobStore::S3(worker) => Ok(BlobWriter::S3(Some(worker.create(blob, content_type, expected_len)?))),
         }
     }
 

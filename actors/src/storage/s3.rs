@@ -33,6 +33,10 @@ use crate::storage::localfs::is_blob_id;
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// S3's limit on the number of parts of one upload.
 const MAX_PARTS: u32 = 10_000;
+/// Larger part sizes are whole MiB, so the parts of one upload are round and few sizes occur.
+const PART_STEP: u64 = 1024 * 1024;
+/// S3's largest object (storage.md §5).
+pub const MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// Retries of an idempotent call after the first attempt, with exponential backoff from 100 ms.
 const RETRIES: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -59,8 +63,10 @@ pub struct S3Worker {
 }
 
 struct Inner {
-    /// Reads, parts, completion, deletes, listing.
+    /// Reads, completion, deletes, listing; presigns the part uploads.
     bucket: Box<Bucket>,
+    /// Sends the part uploads (presigned, see [`S3Upload::send_part`]).
+    http: reqwest::Client,
     /// PutObject and multipart initiation: the same bucket plus the SSE and ACL headers.
     write_bucket: Box<Bucket>,
     runtime: Handle,
@@ -119,6 +125,16 @@ pub fn content_type_for(path: &str) -> &'static str {
     }
 }
 
+/// The part size of an upload (storage.md §3, §5): 8 MiB, or for a known length above 10,000 such
+/// parts, `ceil(len / 10,000)` rounded up to a whole MiB, so no upload needs more than 10,000
+/// parts. Unknown lengths keep 8 MiB (so at most ~78 GiB each).
+pub fn part_size_for(expected_len: Option<u64>) -> usize {
+    let Some(len) = expected_len else { return PART_SIZE };
+    let per_part = len.div_ceil(u64::from(MAX_PARTS)).div_ceil(PART_STEP) * PART_STEP;
+    // At most 5 TiB / 10,000 (about 525 MiB): `len` is checked against MAX_OBJECT first.
+    usize::try_from(per_part).map_or(PART_SIZE, |size| size.max(PART_SIZE))
+}
+
 /// Connection errors, timeouts, 5xx, 408, 429 and `SlowDown` are worth another attempt.
 fn transient(err: &S3Error) -> bool {
     match err {
@@ -141,6 +157,24 @@ fn classify(err: S3Error) -> ActorError {
             ActorError::BackendUnavailable(format!("S3 answered {status} {code}"))
         }
         other => ActorError::BackendUnavailable(format!("S3: {other}")),
+    }
+}
+
+/// The outcome of a CompleteMultipartUpload answered with a success status. S3 may still report a
+/// failure in a 200 body (`<Error>`), so that body is checked; but the name of the success root
+/// differs between servers (AWS and s3s-fs: `CompleteMultipartUploadResult`; moto:
+/// `CompleteMultipartUploadResponse`), so any other root is success. rust-s3's own
+/// `complete_multipart_upload` insists on the AWS name and so fails every upload on moto.
+fn completion_outcome(status: u16, body: &[u8]) -> Result<(), ActorError> {
+    let text = String::from_utf8_lossy(body);
+    let root = text
+        .split('<')
+        .map(str::trim_start)
+        .find(|tag| !tag.is_empty() && !tag.starts_with('?') && !tag.starts_with('!'))
+        .map(|tag| tag.split(|c: char| c.is_whitespace() || c == '>' || c == '/').next().unwrap_or(""));
+    match root {
+        Some("Error") => Err(classify(S3Error::HttpFailWithBody(status, text.into_owned()))),
+        _ => Ok(()),
     }
 }
 
@@ -194,12 +228,16 @@ impl S3Worker {
             .enable_all()
             .build()
             .map_err(|e| ActorError::Internal(format!("S3 runtime: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(bucket.request_timeout().unwrap_or(Duration::from_secs(60)))
+            .build()
+            .map_err(|e| ActorError::Internal(format!("S3 HTTP client: {e}")))?;
         let handle = runtime.handle().clone();
         std::thread::Builder::new()
             .name("callfs-s3-runtime".into())
             .spawn(move || runtime.block_on(std::future::pending::<()>()))
             .map_err(|e| ActorError::Internal(format!("S3 runtime thread: {e}")))?;
-        Ok(Self { inner: Arc::new(Inner { bucket, write_bucket, runtime: handle }) })
+        Ok(Self { inner: Arc::new(Inner { bucket, http, write_bucket, runtime: handle }) })
     }
 
     pub fn bucket_name(&self) -> String {
@@ -297,10 +335,12 @@ impl S3Worker {
         .await
     }
 
-    /// Streams `len` bytes of a blob from `offset` with a ranged GET (nothing for `len == 0`).
+    /// Streams `len` bytes of a blob from `offset` with a ranged GET (nothing for `len == 0`); a
+    /// `whole` object is a plain GET, which servers serve more cheaply than a range (s3s-fs spent
+    /// 60% more CPU on `bytes=0-<last>` than on the same bytes without a Range).
     /// The GET runs on the S3 runtime and feeds a two-chunk queue, so a slow client slows the read;
     /// a body shorter than asked ends with an error, never silently.
-    pub fn get_range(&self, blob: &str, offset: u64, len: u64) -> ObjectChunks {
+    pub fn get_range(&self, blob: &str, offset: u64, len: u64, whole: bool) -> ObjectChunks {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_QUEUE);
         if len > 0 {
             let key = object_key(blob);
@@ -315,7 +355,11 @@ impl S3Worker {
                 };
                 let end = offset + len - 1;
                 let opened = retried(|| async {
-                    let command = s3::command::Command::GetObjectRange { start: offset, end: Some(end) };
+                    let command = if whole {
+                        s3::command::Command::GetObject
+                    } else {
+                        s3::command::Command::GetObjectRange { start: offset, end: Some(end) }
+                    };
                     let request = ReqwestRequest::new(&inner.bucket, &key, command).await?;
                     request.response_data_to_stream().await
                 })
@@ -355,12 +399,22 @@ impl S3Worker {
         ObjectChunks { rx }
     }
 
-    /// Starts writing a new blob (no network call until the first part fills or the end).
-    pub fn create(&self, blob: &str, content_type: &'static str) -> Result<S3Upload, ActorError> {
+    /// Starts writing a new blob (no network call until the first part fills or the end);
+    /// `expected_len`, when the body's length is known, picks the part size.
+    pub fn create(
+        &self,
+        blob: &str,
+        content_type: &'static str,
+        expected_len: Option<u64>,
+    ) -> Result<S3Upload, ActorError> {
+        if expected_len.is_some_and(|len| len > MAX_OBJECT) {
+            return Err(ActorError::TooLarge);
+        }
         Ok(S3Upload {
             worker: self.clone(),
             key: object_key(blob)?,
             content_type,
+            part_size: part_size_for(expected_len),
             buffer: BytesMut::new(),
             upload_id: None,
             parts: Vec::new(),
@@ -390,6 +444,8 @@ pub struct S3Upload {
     worker: S3Worker,
     key: String,
     content_type: &'static str,
+    /// 8 MiB, more for a known length of over 10,000 such parts.
+    part_size: usize,
     buffer: BytesMut,
     upload_id: Option<String>,
     parts: Vec<Part>,
@@ -406,12 +462,12 @@ impl S3Upload {
         let mut rest = &data[..];
         while !rest.is_empty() {
             if self.buffer.capacity() == 0 {
-                self.buffer = BytesMut::with_capacity(PART_SIZE);
+                self.buffer = BytesMut::with_capacity(self.part_size);
             }
-            let take = rest.len().min(PART_SIZE - self.buffer.len());
+            let take = rest.len().min(self.part_size - self.buffer.len());
             self.buffer.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
-            if self.buffer.len() == PART_SIZE {
+            if self.buffer.len() == self.part_size {
                 let part = std::mem::take(&mut self.buffer).freeze();
                 self.send_part(part).await?;
             }
@@ -437,23 +493,15 @@ impl S3Upload {
         if number > MAX_PARTS {
             return Err(ActorError::TooLarge);
         }
-        let (key, upload_id, content_type) =
-            (self.key.clone(), self.upload_id.clone().unwrap_or_default(), self.content_type);
+        let (key, upload_id) = (self.key.clone(), self.upload_id.clone().unwrap_or_default());
         let inner = self.worker.inner.clone();
         // The part buffer is retained by the task, so a failed attempt is simply sent again.
-        self.in_flight = Some(self.worker.inner.runtime.spawn(async move {
-            retried(|| async {
-                let command = s3::command::Command::PutObject {
-                    content: &part,
-                    multipart: Some(s3::command::Multipart::new(number, &upload_id)),
-                    custom_headers: None,
-                    content_type,
-                };
-                let response = ReqwestRequest::new(&inner.bucket, &key, command).await?.response_data(true).await?;
-                Ok(Part { etag: response.as_str()?.to_string(), part_number: number })
-            })
-            .await
-        }));
+        self.in_flight = Some(
+            self.worker
+                .inner
+                .runtime
+                .spawn(async move { retried(|| upload_part(&inner, &key, &upload_id, number, part.clone())).await }),
+        );
         Ok(())
     }
 
@@ -485,13 +533,67 @@ impl S3Upload {
                 (self.key.clone(), self.upload_id.clone().unwrap_or_default(), std::mem::take(&mut self.parts));
             self.worker
                 .run(move |inner| async move {
-                    inner.bucket.complete_multipart_upload(&key, &upload_id, parts).await.map_err(classify)
+                    let data = s3::serde_types::CompleteMultipartUploadData { parts };
+                    let command = s3::command::Command::CompleteMultipartUpload { upload_id: &upload_id, data };
+                    let response = ReqwestRequest::new(&inner.bucket, &key, command)
+                        .await
+                        .map_err(classify)?
+                        .response_data(false)
+                        .await
+                        .map_err(classify)?;
+                    completion_outcome(response.status_code(), response.as_slice())
                 })
                 .await?;
+            // Parts travel with unsigned payloads: the assembled object must hold every byte sent,
+            // or it is deleted here (nothing references it yet) and the write fails.
+            let key = self.key.clone();
+            let stored = self
+                .worker
+                .run(move |inner| async move {
+                    let (head, _) = retried(|| inner.bucket.head_object(&key)).await?;
+                    Ok(head.content_length.unwrap_or(-1))
+                })
+                .await?;
+            if u64::try_from(stored).ok() != Some(self.size) {
+                let blob = self.key.trim_start_matches("/blobs/").to_string();
+                self.worker.delete_later(&blob);
+                self.done = true;
+                return Err(ActorError::BackendUnavailable(format!(
+                    "S3 assembled {stored} of {} bytes of a multipart upload",
+                    self.size
+                )));
+            }
         }
         self.done = true;
         Ok(self.size)
     }
+}
+
+/// How long a part upload's presigned URL stays valid: one attempt, signed just before it is sent.
+const PART_URL_EXPIRY_SECS: u32 = 3600;
+
+/// Uploads one part through a presigned URL, so its payload is `UNSIGNED-PAYLOAD` (as AWS's own
+/// SDKs send it): rust-s3's UploadPart computes a SHA-256 and an MD5 of every byte it sends and the
+/// server verifies both, which made callfs uploads CPU-bound at a quarter of a direct client's
+/// speed on a 2-core node. The transport (TLS in production) protects the bytes instead, and
+/// [`S3Upload::finish`] checks the assembled object's size against the bytes sent.
+async fn upload_part(inner: &Inner, key: &str, upload_id: &str, number: u32, part: Bytes) -> Result<Part, S3Error> {
+    let queries = std::collections::HashMap::from([
+        ("partNumber".to_string(), number.to_string()),
+        ("uploadId".to_string(), upload_id.to_string()),
+    ]);
+    let url = inner.bucket.presign_put(key, PART_URL_EXPIRY_SECS, None, Some(queries)).await?;
+    let response = inner.http.put(url).body(part).send().await?;
+    let status = response.status().as_u16();
+    if !response.status().is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(S3Error::HttpFailWithBody(status, body));
+    }
+    let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if etag.is_empty() {
+        return Err(S3Error::HttpFailWithBody(status, "part upload answered without an ETag".into()));
+    }
+    Ok(Part { etag, part_number: number })
 }
 
 impl Drop for S3Upload {
@@ -552,6 +654,41 @@ mod tests {
         assert_eq!(content_type_for("/a.d/b"), "application/octet-stream");
         assert_eq!(content_type_for("/x.tar.gz"), "application/octet-stream");
         assert_eq!(content_type_for("/notes.md"), "text/markdown");
+    }
+
+    #[test]
+    fn part_sizes_keep_uploads_within_10000_parts() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(part_size_for(None), PART_SIZE, "unknown length: 8 MiB");
+        assert_eq!(part_size_for(Some(0)), PART_SIZE);
+        assert_eq!(part_size_for(Some(10 * 1024 * MIB)), PART_SIZE, "10 GiB fits in 1,280 parts of 8 MiB");
+        // Exactly 10,000 parts of 8 MiB still use 8 MiB; one byte more needs 9 MiB parts.
+        assert_eq!(part_size_for(Some(10_000 * 8 * MIB)), PART_SIZE);
+        assert_eq!(part_size_for(Some(10_000 * 8 * MIB + 1)), 9 * MIB as usize);
+        // 100 GiB: ceil(10.24 MiB) = 11 MiB; 5 TiB: 525 MiB (under S3's 5 GiB part limit).
+        assert_eq!(part_size_for(Some(100 * 1024 * MIB)), 11 * MIB as usize);
+        assert_eq!(part_size_for(Some(MAX_OBJECT)), 525 * MIB as usize);
+        for len in [1, 8 * MIB, 80 * 1024 * MIB, 80 * 1024 * MIB + 12_345, 777 * 1024 * MIB + 1, MAX_OBJECT] {
+            let part = part_size_for(Some(len)) as u64;
+            assert!(len.div_ceil(part) <= u64::from(MAX_PARTS), "{len} bytes in parts of {part}");
+            assert!(part.is_multiple_of(MIB) && (8 * MIB..=5 * 1024 * MIB).contains(&part), "{len}: {part}");
+        }
+    }
+
+    #[test]
+    fn multipart_completion_accepts_any_success_root_but_error() {
+        let aws = br#"<?xml version="1.0" encoding="UTF-8"?>
+<CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><ETag>"x-2"</ETag></CompleteMultipartUploadResult>"#;
+        let moto = br#"<?xml version="1.0" encoding="utf-8"?>
+<CompleteMultipartUploadResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><ETag>"x-2"</ETag></CompleteMultipartUploadResponse>"#;
+        let error = br#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"#;
+        assert_eq!(completion_outcome(200, aws), Ok(()));
+        assert_eq!(completion_outcome(200, moto), Ok(()));
+        assert!(matches!(
+            completion_outcome(200, error),
+            Err(ActorError::BackendUnavailable(m)) if m.contains("InternalError")
+        ));
     }
 
     #[test]

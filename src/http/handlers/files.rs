@@ -157,7 +157,7 @@ pub async fn get(
             (first, last - first + 1)
         }
     };
-    Ok(match opened.range(offset, len) {
+    Ok(match files::download_body(node, &entry, opened, offset, len) {
         Content::Inline(bytes) => res.body(bytes),
         Content::Stream(stream, len) => res.no_chunking(len).streaming(stream),
     })
@@ -200,7 +200,7 @@ pub async fn post(
     };
     let _slot = node.upload_slots.admit(ctx.client_ip)?;
     let body = files::body_stream(payload, node.settings.read_timeout);
-    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, existing, body).await?;
+    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, existing, length, body).await?;
     Ok(HttpResponse::Created().finish())
 }
 
@@ -228,7 +228,7 @@ pub async fn put(
     };
     let _slot = node.upload_slots.admit(ctx.client_ip)?;
     let body = files::body_stream(payload, node.settings.read_timeout);
-    let written = files::write_file(node, identity, &parsed.path, mode, existing, body).await?;
+    let written = files::write_file(node, identity, &parsed.path, mode, existing, length, body).await?;
     Ok(match written {
         Written::Created => HttpResponse::Created().finish(),
         Written::Replaced => HttpResponse::Ok().finish(),

@@ -133,7 +133,9 @@ pub async fn download(
         }
         return Ok(res);
     }
-    let content = files::open(node, entry).await?.1.whole();
+    let (entry, opened) = files::open(node, entry).await?;
+    let total = opened.total;
+    let content = files::download_body(node, &entry, opened, 0, total);
     let mut res = HttpResponse::Ok();
     res.content_type("application/octet-stream")
         .insert_header((header::CONTENT_DISPOSITION, disposition))
