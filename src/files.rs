@@ -14,7 +14,7 @@ use callfs_actors::metadata::{
     NewEntry, RecordIntent, RenameEntry, SwitchBlob, TouchIntent,
 };
 use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
-use callfs_actors::storage::localfs::{is_blob_id, new_blob_id};
+use callfs_actors::storage::localfs::{is_blob_id, new_blob_id, OpenEntry};
 use callfs_actors::storage::s3::content_type_for;
 pub use callfs_actors::storage::{Backend, BlobContent as Content, BlobStore, BlobWriter, OpenedBlob as Opened};
 use futures_util::{Stream, StreamExt};
@@ -544,6 +544,38 @@ fn missing_bytes(node: &Node, entry: &Inode) -> ApiError {
     ApiError::FileNotFound
 }
 
+/// A read's row with its blob as the storage worker opened it (none for a directory or a file of
+/// another node or backend), in one blocking hop. Nothing is counted until [`open_prefetched`]
+/// uses the blob, so a `304` counts no read, as before.
+pub async fn read_entry_prefetched(node: &Node, path: &CanonicalPath) -> Result<(Inode, Option<Prefetched>), ApiError> {
+    let found = node.open_entry(OpenEntry { path: path.as_str().to_string(), inline_limit: INLINE_READ_LIMIT }).await?;
+    let entry = found.entry.ok_or(ApiError::FileNotFound)?;
+    Ok((entry, found.opened.map(|(opened, took)| Prefetched { opened, took })))
+}
+
+/// A blob opened by the storage worker together with its row, and how long the open took.
+pub struct Prefetched {
+    opened: Result<callfs_actors::storage::localfs::OpenedFile, callfs_actors::ActorError>,
+    took: Duration,
+}
+
+/// [`open`], using the blob the storage worker already opened with the row; a missing blob takes
+/// the path of [`open`] (the row may have moved on meanwhile).
+pub async fn open_prefetched(
+    node: &Node,
+    entry: Inode,
+    prefetched: Option<Prefetched>,
+) -> Result<(Inode, Opened), ApiError> {
+    match prefetched {
+        Some(Prefetched { opened: Err(callfs_actors::ActorError::NotFound), .. }) | None => open(node, entry).await,
+        Some(Prefetched { opened, took }) => {
+            let opened = opened.map(Opened::from).map_err(ApiError::from);
+            let opened = settle_open(node, &entry, opened, took)?;
+            Ok((entry, opened))
+        }
+    }
+}
+
 async fn open_blob(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
     let Some(blob) = entry.blob.clone() else {
         return Err(ApiError::FileNotFound);
@@ -551,7 +583,17 @@ async fn open_blob(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
     let store = node.store(entry.backend())?;
     let started = Instant::now();
     let opened = node.storage(store.open(&blob, INLINE_READ_LIMIT)).await;
-    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
+    settle_open(node, entry, opened, started.elapsed())
+}
+
+/// Counts an open of `entry`'s blob and checks its length against the row.
+fn settle_open(
+    node: &Node,
+    entry: &Inode,
+    opened: Result<Opened, ApiError>,
+    took: Duration,
+) -> Result<Opened, ApiError> {
+    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), took);
     let opened = opened?;
     if opened.total != entry.size as u64 {
         log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.total; "stored size differs from metadata");

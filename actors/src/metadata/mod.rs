@@ -9,8 +9,8 @@ use diesel::prelude::*;
 
 pub use store::{
     connect, sort_listing, AdoptBlob, BlobRef, BlobReferences, CleanupLinks, ConsumeLink, CreateEntry, CreateLink,
-    DeleteEntry, DropGarbage, DropIntent, DueGarbage, Fence, GetEntries, GetEntry, GetLink, LegacyFiles, LinkRow,
-    ListBlobReferences, ListChildren, ListSubtree, MetadataStore, NewEntry, Ping, RecordIntent, RenameEntry,
+    DeleteEntry, DropGarbage, DropIntent, DueGarbage, EntryReader, Fence, GetEntries, GetEntry, GetLink, LegacyFiles,
+    LinkRow, ListBlobReferences, ListChildren, ListSubtree, MetadataStore, NewEntry, Ping, RecordIntent, RenameEntry,
     StaleIntents, StoreKind, SwitchBlob, TouchIntent,
 };
 

@@ -443,21 +443,90 @@ impl MetadataStore {
 
     /// Checks out a connection, runs `f` and records the round trip.
     fn run<T>(&self, op: MetadataOp, f: impl FnOnce(&mut Conn) -> Result<T, ActorError>) -> Result<T, ActorError> {
-        let started = Instant::now();
-        let result = checkout(&self.pool).and_then(|mut conn| {
-            let result = f(&mut conn);
-            if let (Err(ActorError::MetadataUnavailable(_)), Conn::Pg(pooled)) = (&result, &mut conn) {
-                pooled.broken = true;
-            }
-            result
-        });
-        self.metrics.record_metadata(op, started.elapsed());
-        match &result {
-            Err(ActorError::MetadataUnavailable(_)) => self.metrics.record_error(ErrorKind::MetadataUnavailable),
-            Err(ActorError::Metadata(_)) => self.metrics.record_error(ErrorKind::QueryFailed),
-            _ => {}
+        run(&self.pool, &self.metrics, op, f)
+    }
+}
+
+/// Checks out a connection of `pool`, runs `f` and records the round trip.
+fn run<T>(
+    pool: &Pool,
+    metrics: &Metrics,
+    op: MetadataOp,
+    f: impl FnOnce(&mut Conn) -> Result<T, ActorError>,
+) -> Result<T, ActorError> {
+    let started = Instant::now();
+    let result = checkout(pool).and_then(|mut conn| {
+        let result = f(&mut conn);
+        if let (Err(ActorError::MetadataUnavailable(_)), Conn::Pg(pooled)) = (&result, &mut conn) {
+            pooled.broken = true;
         }
         result
+    });
+    metrics.record_metadata(op, started.elapsed());
+    match &result {
+        Err(ActorError::MetadataUnavailable(_)) => metrics.record_error(ErrorKind::MetadataUnavailable),
+        Err(ActorError::Metadata(_)) => metrics.record_error(ErrorKind::QueryFailed),
+        _ => {}
+    }
+    result
+}
+
+/// The row at `path`: one statement, no transaction.
+fn entry_at(conn: &mut Conn, path: &str) -> Result<Option<Inode>, ActorError> {
+    Ok(with_conn!(conn, c => inodes::table
+        .filter(inodes::path.eq(path))
+        .select(Inode::as_select())
+        .get_result(c)
+        .optional())?)
+}
+
+/// Point reads of `inodes` for a blocking worker other than the store (the localfs worker reads a
+/// small file's row and bytes on one thread). Its own pool: the store's connections stay free for
+/// writes. Counted and timed like the store's own reads.
+#[derive(Clone)]
+pub struct EntryReader {
+    pool: Pool,
+    metrics: Metrics,
+}
+
+impl EntryReader {
+    /// A pool of up to `max_connections` read connections to the store `connect` opened (no
+    /// migrations: the store has run them); one is opened now, the rest on demand.
+    pub fn connect(
+        kind: StoreKind,
+        target: &str,
+        max_connections: u32,
+        op_timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, ActorError> {
+        let pool = match kind {
+            StoreKind::Sqlite => Pool::Sqlite(
+                diesel::r2d2::Pool::builder()
+                    .max_size(max_connections.max(1))
+                    .min_idle(Some(1))
+                    .connection_timeout(op_timeout)
+                    .test_on_check_out(false)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .build(ConnectionManager::<SqliteConnection>::new(target))
+                    .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?,
+            ),
+            StoreKind::Postgres => Pool::Pg(
+                diesel::r2d2::Pool::builder()
+                    .max_size(max_connections.max(1))
+                    .min_idle(Some(1))
+                    .test_on_check_out(false)
+                    .connection_timeout(op_timeout.max(Duration::from_secs(5)))
+                    .connection_customizer(Box::new(PgUtc))
+                    .build(PgManager(ConnectionManager::<PgConnection>::new(target)))
+                    .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?,
+            ),
+        };
+        Ok(Self { pool, metrics })
+    }
+
+    /// The row at a canonical path, if any (what [`GetEntry`] answers).
+    pub fn entry(&self, path: &str) -> Result<Option<Inode>, ActorError> {
+        run(&self.pool, &self.metrics, MetadataOp::Get, |conn| entry_at(conn, path))
     }
 }
 
@@ -497,13 +566,7 @@ pub struct GetEntry {
 impl Handler<GetEntry> for MetadataStore {
     type Result = Result<Option<Inode>, ActorError>;
     fn handle(&mut self, msg: GetEntry, _ctx: &mut Self::Context) -> Self::Result {
-        self.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => inodes::table
-                .filter(inodes::path.eq(&msg.path))
-                .select(Inode::as_select())
-                .get_result(c)
-                .optional())?)
-        })
+        self.run(MetadataOp::Get, |conn| entry_at(conn, &msg.path))
     }
 }
 

@@ -115,7 +115,7 @@ pub async fn get(
     identity: &Identity,
     parsed: ParsedPath,
 ) -> Result<HttpResponse, ApiError> {
-    let entry = files::read_entry(node, &parsed.path).await?;
+    let (entry, prefetched) = files::read_entry_prefetched(node, &parsed.path).await?;
     if let files::Route::Peer(owner) = files::route(node, &entry) {
         ensure_not_proxied(identity)?;
         let ops = (CrossServerOp::ProxyRead, BackendOp::Open);
@@ -142,7 +142,7 @@ pub async fn get(
         return Ok(res.finish());
     }
     // Headers and ranges come from the row whose blob was opened: they always name the bytes sent.
-    let (entry, opened) = files::open(node, entry).await?;
+    let (entry, opened) = files::open_prefetched(node, entry, prefetched).await?;
     let mut res = HttpResponse::Ok();
     metadata_headers(&mut res, &entry, node);
     let etag = entry.etag();
