@@ -225,6 +225,39 @@ impl Handler<PublishBlob> for LocalFsWorker {
     }
 }
 
+/// Write a whole small blob in one call: temporary file, bytes, fsync (per `localfs_fsync`), then
+/// its blob location and the fsync of the fan-out folder, the sequence of [`OpenStaging`],
+/// [`Staging::write`], [`Staging::finish`] and [`PublishBlob`] on one thread. Nothing is left in
+/// `tmp/` when it fails. Returns the size.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ActorError>")]
+pub struct StoreBlob {
+    pub blob: String,
+    pub data: Bytes,
+}
+
+impl Handler<StoreBlob> for LocalFsWorker {
+    type Result = Result<u64, ActorError>;
+    fn handle(&mut self, msg: StoreBlob, _ctx: &mut Self::Context) -> Self::Result {
+        let mut staging = self.open_staging(&msg.blob)?;
+        let stored = (|| {
+            let mut file = staging.file.take().ok_or_else(|| ActorError::InvalidInput("staging file closed".into()))?;
+            let io = |e: io::Error| ActorError::from_io(&e);
+            file.write_all(&msg.data).map_err(io)?;
+            if self.fsync {
+                file.sync_all().map_err(io)?;
+            }
+            file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io)?;
+            drop(file);
+            self.publish(&staging.temp, &staging.target)
+        })();
+        if stored.is_err() {
+            let _ = fs::remove_file(&staging.temp);
+        }
+        stored.map(|()| msg.data.len() as u64)
+    }
+}
+
 /// Remove a temporary file (an upload that failed). Best effort.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -195,12 +195,12 @@ pub async fn post(
     }
     let length = content_length(req);
     let plan = files::plan_write(node, identity, &parsed.path, WriteMode::CreateOnly, length).await?;
-    let WritePlan::Local(existing) = plan else {
+    let WritePlan::Local(local) = plan else {
         return Err(ApiError::Internal("a create was routed to another node".into()));
     };
     let _slot = node.upload_slots.admit(ctx.client_ip)?;
     let body = files::body_stream(payload, node.settings.read_timeout);
-    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, existing, body).await?;
+    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, local, body).await?;
     Ok(HttpResponse::Created().finish())
 }
 
@@ -217,8 +217,8 @@ pub async fn put(
     }
     let length = content_length(req);
     let mode = WriteMode::CreateOrReplace;
-    let existing = match files::plan_write(node, identity, &parsed.path, mode, length).await? {
-        WritePlan::Local(existing) => existing,
+    let local = match files::plan_write(node, identity, &parsed.path, mode, length).await? {
+        WritePlan::Local(local) => local,
         WritePlan::Forward(owner) => {
             ensure_not_proxied(identity)?;
             let ops = (CrossServerOp::ProxyWrite, BackendOp::Update);
@@ -228,7 +228,7 @@ pub async fn put(
     };
     let _slot = node.upload_slots.admit(ctx.client_ip)?;
     let body = files::body_stream(payload, node.settings.read_timeout);
-    let written = files::write_file(node, identity, &parsed.path, mode, existing, body).await?;
+    let written = files::write_file(node, identity, &parsed.path, mode, local, body).await?;
     Ok(match written {
         Written::Created => HttpResponse::Created().finish(),
         Written::Replaced => HttpResponse::Ok().finish(),
