@@ -5,6 +5,9 @@
 #
 #   bench/profile.sh sqlite|postgres get|put|head [N]
 #
+# PROFILE_LOG_LEVEL (error, as make bench) and PROFILE_LOG_FORMAT (console) set the node's log; at
+# info every request writes its log line.
+#
 # After 200 warm-up requests the counters are zeroed (callgrind_control -z), N requests (2000)
 # are sent, and the counters dumped: instructions/request = Ir / N over every thread of the node.
 # With `postgres` (run through scripts/with-postgres.sh, dlm.type postgres) the database logs every
@@ -53,7 +56,7 @@ auth:
   single_use_link_secret: "profile-link-0123456789abcdef"
 backend: {default_backend: localfs, localfs_root_path: "$tmp/data", localfs_fsync: true}
 $meta
-log: {level: error, format: console}
+log: {level: ${PROFILE_LOG_LEVEL:-error}, format: ${PROFILE_LOG_FORMAT:-console}}
 instance_discovery: {instance_id: "profile-node"}
 EOF
 if [[ $under == callgrind ]]; then
