@@ -21,6 +21,8 @@ use crate::tls;
 
 /// Threads for short blocking disk calls (open, rename, delete, mkdir).
 const LOCALFS_THREADS: usize = 16;
+/// Lease workers (`dlm.type: postgres`), each with its connection.
+const LEASE_THREADS: usize = 4;
 /// Read connections of the storage workers (SQLite; PostgreSQL takes at most `max_connections`).
 const READER_CONNECTIONS: u32 = 8;
 
@@ -122,12 +124,12 @@ async fn serve(config: Config) -> Result<(), String> {
     let locks = match config.dlm.kind.as_str() {
         "postgres" => {
             let dsn = config.dlm_dsn();
-            let max = config.metadata_store.max_connections;
-            let pool = web::block(move || LeaseStore::connect(&dsn, max))
+            // One connection per lease worker: more would only sit idle on the server.
+            let pool = web::block(move || LeaseStore::connect(&dsn, LEASE_THREADS as u32))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("lock manager: {e}"))?;
-            let store = SyncArbiter::start(4, move || LeaseStore::new(pool.clone()));
+            let store = SyncArbiter::start(LEASE_THREADS, move || LeaseStore::new(pool.clone()));
             lease_store = Some(store.clone());
             let leases = Leases { store, instance_id: instance_id.clone(), ttl: config.dlm.lease_ttl };
             LockTable::with_leases(metrics.clone(), leases).start()
