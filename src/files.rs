@@ -11,10 +11,10 @@ use bytes::BytesMut;
 use callfs_actors::locks::LockGuard;
 use callfs_actors::metadata::{
     BlobRef, CreateEntry, DeleteEntry, DropIntent, Fence, GetEntries, GetEntry, Inode, ListChildren, ListSubtree,
-    NewEntry, RecordIntent, RenameEntry, SwitchBlob, TouchIntent,
+    NewEntry, PrepareWrite, RecordIntent, RenameEntry, SwitchBlob, TouchIntent,
 };
 use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
-use callfs_actors::storage::localfs::{is_blob_id, new_blob_id};
+use callfs_actors::storage::localfs::{is_blob_id, new_blob_id, OpenEntry, StoreBlob};
 use callfs_actors::storage::s3::content_type_for;
 pub use callfs_actors::storage::{Backend, BlobContent as Content, BlobStore, BlobWriter, OpenedBlob as Opened};
 use futures_util::{Stream, StreamExt};
@@ -75,22 +75,33 @@ impl Lineage {
     }
 }
 
-pub async fn lineage(node: &Node, path: &CanonicalPath) -> Result<Lineage, ApiError> {
-    let ancestors = path.ancestors();
-    let mut paths: Vec<String> = ancestors.iter().map(|a| a.as_str().to_string()).collect();
-    paths.push(path.as_str().to_string());
-    let rows = node.meta(GetEntries { paths }).await?;
-    let mut target = None;
-    let mut found = Vec::new();
-    for row in rows {
-        if row.path == path.as_str() {
-            target = Some(row);
-        } else {
-            found.push(row);
+impl Lineage {
+    /// Sorts the rows read at [`lineage_paths`] of `path`.
+    fn of(path: &CanonicalPath, rows: Vec<Inode>) -> Self {
+        let mut target = None;
+        let mut found = Vec::new();
+        for row in rows {
+            if row.path == path.as_str() {
+                target = Some(row);
+            } else {
+                found.push(row);
+            }
         }
+        found.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        Lineage { target, ancestors: found, parent_path: path.parent() }
     }
-    found.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-    Ok(Lineage { target, ancestors: found, parent_path: path.parent() })
+}
+
+/// `path` and its ancestors.
+fn lineage_paths(path: &CanonicalPath) -> Vec<String> {
+    let mut paths: Vec<String> = path.ancestors().iter().map(|a| a.as_str().to_string()).collect();
+    paths.push(path.as_str().to_string());
+    paths
+}
+
+pub async fn lineage(node: &Node, path: &CanonicalPath) -> Result<Lineage, ApiError> {
+    let rows = node.meta(GetEntries { paths: lineage_paths(path) }).await?;
+    Ok(Lineage::of(path, rows))
 }
 
 pub async fn get_entry(node: &Node, path: &CanonicalPath) -> Result<Option<Inode>, ApiError> {
@@ -166,38 +177,69 @@ pub enum WriteMode {
 }
 
 /// Where an upload goes, decided before any byte of the body is read.
-pub enum WritePlan {
-    /// Store here; `Some` is the file being replaced.
-    Local(Option<Box<Inode>>),
+pub enum WritePlan<'a> {
+    /// Store here.
+    Local(LocalWrite<'a>),
     /// The file lives on another node: stream the body there.
     Forward(String),
 }
 
-/// The checks of api.md §8.3/§8.4 in their order: size, `Write`, existence, ancestors.
-pub async fn plan_write(
-    node: &Node,
+/// An upload to store here, as planned: the file it replaces (`None`: it creates one) and its new
+/// blob, whose intent the plan recorded (dropped unused, it drops the intent).
+pub struct LocalWrite<'a> {
+    existing: Option<Box<Inode>>,
+    blob: NewBlob<'a>,
+    /// The declared `Content-Length`, which sizes S3 parts.
+    declared_length: Option<u64>,
+}
+
+/// What the existence rules make of the planned target.
+enum Target {
+    /// Store here; `Some` is the file being replaced.
+    Local(Option<Box<Inode>>),
+    /// The file lives on another node.
+    Forward(String),
+}
+
+/// The checks of api.md §8.3/§8.4 in their order: size, `Write`, existence, ancestors. The rows are
+/// read in the round trip that records the intent of the blob the write will create, so a local
+/// write reads its lineage once: its commit is a compare-and-set on these rows.
+pub async fn plan_write<'a>(
+    node: &'a Node,
     identity: &Identity,
     path: &CanonicalPath,
     mode: WriteMode,
     declared_length: Option<u64>,
-) -> Result<WritePlan, ApiError> {
+) -> Result<WritePlan<'a>, ApiError> {
     if declared_length.is_some_and(|len| len > node.settings.max_upload_bytes) {
         return Err(ApiError::PayloadTooLarge);
     }
-    let lineage = lineage(node, path).await?;
+    let (lineage, blob) = match node.store(node.default_backend()) {
+        Ok(store) => {
+            let mut blob = NewBlob::new(node, store);
+            let ancestors = path.ancestors().iter().map(|a| a.as_str().to_string()).collect();
+            let prepare = PrepareWrite { path: path.as_str().to_string(), ancestors, intent: blob.intent() };
+            let rows = node.meta(prepare).await?;
+            blob.armed = true;
+            (Lineage::of(path, rows), Ok(blob))
+        }
+        // Reported where a missing backend always was: after the checks.
+        Err(err) => (lineage(node, path).await?, Err(err)),
+    };
     check_write(identity, &lineage)?;
-    let plan = match check_writable_target(node, &lineage, mode)? {
+    let target = match check_writable_target(node, &lineage, mode)? {
         // Forwarded here, but the file moved on meanwhile: the one-hop rule forbids forwarding
         // again, and a content write needs no old byte, so it is stored here and switched to.
-        WritePlan::Forward(_) if identity.proxied_by.is_some() => {
-            WritePlan::Local(lineage.target.clone().map(Box::new))
-        }
-        plan => plan,
+        Target::Forward(_) if identity.proxied_by.is_some() => Target::Local(lineage.target.clone().map(Box::new)),
+        target => target,
     };
     if lineage.blocked_by_file() {
         return Err(ApiError::NotADirectory);
     }
-    Ok(plan)
+    Ok(match target {
+        Target::Local(existing) => WritePlan::Local(LocalWrite { existing, blob: blob?, declared_length }),
+        Target::Forward(owner) => WritePlan::Forward(owner),
+    })
 }
 
 /// Streams an upload into a new blob, then commits it under the path lock (storage.md §2).
@@ -206,14 +248,13 @@ pub async fn write_file(
     identity: &Identity,
     path: &CanonicalPath,
     mode: WriteMode,
-    existing: Option<Box<Inode>>,
-    declared_length: Option<u64>,
+    local: LocalWrite<'_>,
     body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
     let started = Instant::now();
-    let op = if existing.is_some() { BackendOp::Update } else { BackendOp::Create };
-    let backend = label(node.default_backend());
-    let result = stage_and_commit(node, identity, path, mode, declared_length, body).await;
+    let op = if local.existing.is_some() { BackendOp::Update } else { BackendOp::Create };
+    let backend = label(local.blob.backend());
+    let result = stage_and_commit(node, identity, path, mode, local, body).await;
     node.metrics.record_backend(backend, op, backend_ok(&result), started.elapsed());
     let written = result?;
     let file_op = if written == Written::Created { FileOp::Create } else { FileOp::Update };
@@ -222,9 +263,9 @@ pub async fn write_file(
 }
 
 /// Applies the existence rules before any byte is read.
-fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Result<WritePlan, ApiError> {
+fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Result<Target, ApiError> {
     let Some(target) = &lineage.target else {
-        return Ok(WritePlan::Local(None));
+        return Ok(Target::Local(None));
     };
     if target.is_dir() {
         return Err(match mode {
@@ -236,8 +277,8 @@ fn check_writable_target(node: &Node, lineage: &Lineage, mode: WriteMode) -> Res
         WriteMode::CreateOnly => Err(other_node_conflict(node, target, false)
             .unwrap_or_else(|| ApiError::AlreadyExists("the file already exists; use PUT to replace it".into()))),
         WriteMode::CreateOrReplace => match route(node, target) {
-            Route::Local => Ok(WritePlan::Local(Some(Box::new(target.clone())))),
-            Route::Peer(owner) => Ok(WritePlan::Forward(owner)),
+            Route::Local => Ok(Target::Local(Some(Box::new(target.clone())))),
+            Route::Peer(owner) => Ok(Target::Forward(owner)),
         },
     }
 }
@@ -257,10 +298,16 @@ struct NewBlob<'a> {
     size: u64,
     /// The blob is complete under its id (so dropping deletes it).
     published: bool,
+    /// Its intent is recorded (so dropping drops it).
     armed: bool,
 }
 
-impl NewBlob<'_> {
+impl<'a> NewBlob<'a> {
+    /// A fresh id in `store`; nothing recorded or written yet.
+    fn new(node: &'a Node, store: BlobStore) -> Self {
+        NewBlob { node, store, blob: new_blob_id(), size: 0, published: false, armed: false }
+    }
+
     fn backend(&self) -> Backend {
         self.store.backend()
     }
@@ -268,6 +315,14 @@ impl NewBlob<'_> {
     /// The `instance_id` of rows and intents of this blob: none for the shared bucket.
     fn instance_id(&self) -> Option<String> {
         (!self.backend().is_shared()).then(|| self.node.settings.instance_id.clone())
+    }
+
+    fn intent(&self) -> BlobRef {
+        BlobRef {
+            blob: self.blob.clone(),
+            backend_type: self.backend().as_str().into(),
+            instance_id: self.instance_id(),
+        }
     }
 
     /// Settled by a commit: the row references it and the intent is gone.
@@ -301,51 +356,82 @@ fn ambiguous(err: &ApiError) -> bool {
 /// How often a long upload refreshes its intent, so the sweep never takes it for abandoned.
 const INTENT_TOUCH: Duration = Duration::from_secs(60);
 
-/// Writes `body` into a new blob of `backend`: intent first, then the bytes, chunk by chunk (never
-/// holding a thread between chunks; localfs stages in `tmp/`, S3 sends parts as they fill), then
-/// the blob's final name. At most `max_bytes` are accepted. `path` only picks the S3 Content-Type;
-/// `expected_len` (a declared or known length) only sizes S3 parts.
+/// Writes `body` into a new blob of `backend`: intent first, then the bytes (see [`fill_blob`]).
 async fn write_blob<'a>(
     node: &'a Node,
     backend: Backend,
     path: &str,
     expected_len: Option<u64>,
+    body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
+    max_bytes: u64,
+) -> Result<NewBlob<'a>, ApiError> {
+    let mut new = NewBlob::new(node, node.store(backend)?);
+    node.meta(RecordIntent { blob: new.intent() }).await?;
+    new.armed = true;
+    fill_blob(node, new, path, expected_len, body, max_bytes).await
+}
+
+/// Writes `body` into `new`, whose intent is recorded. A localfs body that ends within the first
+/// write unit is stored by one worker call (temporary file, bytes, fsync, final name); a longer one
+/// chunk by chunk, never holding a thread between chunks (localfs stages in `tmp/`, S3 sends parts
+/// as they fill), then published under the blob's final name. At most `max_bytes` are accepted.
+/// `path` only picks the S3 Content-Type; `expected_len` (a declared or known length) only sizes
+/// S3 parts.
+async fn fill_blob<'a>(
+    node: &'a Node,
+    mut new: NewBlob<'a>,
+    path: &str,
+    expected_len: Option<u64>,
     mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
     max_bytes: u64,
 ) -> Result<NewBlob<'a>, ApiError> {
-    let store = node.store(backend)?;
-    let blob = new_blob_id();
-    let mut new = NewBlob { node, store, blob: blob.clone(), size: 0, published: false, armed: false };
-    let intent = BlobRef { blob: blob.clone(), backend_type: backend.as_str().into(), instance_id: new.instance_id() };
-    node.meta(RecordIntent { blob: intent }).await?;
-    new.armed = true;
-    let mut writer = node.storage(new.store.create(&blob, content_type_for(path), expected_len)).await?;
     let mut buffer = BytesMut::new();
-    let mut touched = Instant::now();
-    loop {
-        let done = match body.next().await {
-            None => true,
+    let mut ended = false;
+    while buffer.len() < WRITE_UNIT {
+        match body.next().await {
+            None => {
+                ended = true;
+                break;
+            }
             Some(Ok(chunk)) => {
-                if writer.size() + (buffer.len() + chunk.len()) as u64 > max_bytes {
+                if (buffer.len() + chunk.len()) as u64 > max_bytes {
                     return Err(ApiError::PayloadTooLarge);
                 }
                 buffer.extend_from_slice(&chunk);
-                false
             }
             Some(Err(err)) => return Err(err),
-        };
-        if (done && !buffer.is_empty()) || buffer.len() >= WRITE_UNIT {
+        }
+    }
+    if ended && new.backend() == Backend::Localfs {
+        new.size = node.disk(StoreBlob { blob: new.blob.clone(), data: buffer.freeze() }).await?;
+        new.published = true;
+        return Ok(new);
+    }
+    let mut writer = node.storage(new.store.create(&new.blob, content_type_for(path), expected_len)).await?;
+    let mut touched = Instant::now();
+    loop {
+        if (ended && !buffer.is_empty()) || buffer.len() >= WRITE_UNIT {
             writer.write(buffer.split().freeze()).await?;
         }
         if touched.elapsed() >= INTENT_TOUCH {
             touched = Instant::now();
             node.metadata.do_send(TouchIntent { blob: new.blob.clone() });
         }
-        if done {
+        if ended {
             break;
         }
+        match body.next().await {
+            None => ended = true,
+            Some(Ok(chunk)) => {
+                if writer.size() + (buffer.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                buffer.extend_from_slice(&chunk);
+            }
+            Some(Err(err)) => return Err(err),
+        }
     }
-    new.size = match backend {
+    new.size = match new.backend() {
         Backend::Localfs => node.storage(writer.finish()).await?,
         // The last part and the completion: bounded by the S3 client's request timeout.
         Backend::S3 => writer.finish().await?,
@@ -359,32 +445,69 @@ async fn stage_and_commit(
     identity: &Identity,
     path: &CanonicalPath,
     mode: WriteMode,
-    declared_length: Option<u64>,
+    local: LocalWrite<'_>,
     body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
 ) -> Result<Written, ApiError> {
-    let (backend, max) = (node.default_backend(), node.settings.max_upload_bytes);
-    let new = write_blob(node, backend, path.as_str(), declared_length, body, max).await?;
+    let LocalWrite { existing, blob, declared_length } = local;
+    let new = fill_blob(node, blob, path.as_str(), declared_length, body, node.settings.max_upload_bytes).await?;
     let lock = node.lock(path.as_str()).await?;
-    // Decide again under the lock: the path may have been created, replaced or moved since the
-    // plan, and whatever is there now is what this write is authorised against.
-    let lineage = lineage(node, path).await?;
-    check_write(identity, &lineage)?;
-    let replace = match check_writable_target(node, &lineage, mode)? {
-        WritePlan::Local(now) => now,
-        // Created (or moved) on another node since the plan: the new content is already a blob
-        // here, so the row simply switches to it; the old blob goes to its node's garbage.
-        WritePlan::Forward(_) => lineage.target.clone().map(Box::new),
-    };
-    if lineage.blocked_by_file() {
-        return Err(ApiError::NotADirectory);
-    }
     let fences: Vec<Fence> = lock.fence().into_iter().collect();
-    let committed = match replace {
+    // The commit is a compare-and-set on the rows the plan read: the replaced file still at this
+    // path with the content version read, or no row at the path for a create.
+    let committed = match commit(node, identity, path, existing.as_deref(), &new, fences.clone()).await {
+        Err(ApiError::ResourceChanged(_) | ApiError::AlreadyExists(_)) => {
+            // The path changed since the plan (created, replaced or moved): decide again under the
+            // lock, on what is there now, which is what this write is authorised against.
+            let lineage = lineage(node, path).await?;
+            check_write(identity, &lineage)?;
+            let replace = match check_writable_target(node, &lineage, mode)? {
+                Target::Local(now) => now,
+                // Created (or moved) on another node since the plan: the new content is already a
+                // blob here, so the row simply switches to it; the old blob goes to its node's garbage.
+                Target::Forward(_) => lineage.target.clone().map(Box::new),
+            };
+            if lineage.blocked_by_file() {
+                return Err(ApiError::NotADirectory);
+            }
+            commit(node, identity, path, replace.as_deref(), &new, fences).await.map_err(|err| match err {
+                ApiError::AlreadyExists(_) => ApiError::AlreadyExists("the path was created concurrently".into()),
+                other => other,
+            })
+        }
+        other => other,
+    };
+    match committed {
+        Ok(written) => {
+            new.committed();
+            Ok(written)
+        }
+        Err(err) if ambiguous(&err) => {
+            log::warn!(path = path.as_str(), blob = new.blob.as_str(), error = err.to_string().as_str(); "commit outcome unknown; the sweep settles the blob");
+            new.left_to_the_sweep();
+            Err(err)
+        }
+        // Definitely not committed: the new blob is deleted as `new` drops.
+        Err(err) => Err(err),
+    }
+}
+
+/// One commit transaction of a content write: switch `replace` to the new blob (compare-and-set on
+/// its id, content version and path) or create the file.
+async fn commit(
+    node: &Node,
+    identity: &Identity,
+    path: &CanonicalPath,
+    replace: Option<&Inode>,
+    new: &NewBlob<'_>,
+    fences: Vec<Fence>,
+) -> Result<Written, ApiError> {
+    match replace {
         Some(entry) => {
             let switch = SwitchBlob {
                 id: entry.id,
                 expect_version: entry.content_version,
                 expect_blob: None,
+                expect_path: Some(path.as_str().to_string()),
                 blob: new.blob.clone(),
                 size: new.size as i64,
                 backend_type: new.backend().as_str().into(),
@@ -404,24 +527,8 @@ async fn stage_and_commit(
                 instance_id: new.instance_id(),
                 blob: Some(new.blob.clone()),
             };
-            node.meta(CreateEntry { entry, fences }).await.map(|_| Written::Created).map_err(|err| match err {
-                ApiError::AlreadyExists(_) => ApiError::AlreadyExists("the path was created concurrently".into()),
-                other => other,
-            })
+            node.meta(CreateEntry { entry, fences }).await.map(|_| Written::Created)
         }
-    };
-    match committed {
-        Ok(written) => {
-            new.committed();
-            Ok(written)
-        }
-        Err(err) if ambiguous(&err) => {
-            log::warn!(path = path.as_str(), blob = new.blob.as_str(), error = err.to_string().as_str(); "commit outcome unknown; the sweep settles the blob");
-            new.left_to_the_sweep();
-            Err(err)
-        }
-        // Definitely not committed: the new blob is deleted as `new` drops.
-        Err(err) => Err(err),
     }
 }
 
@@ -569,6 +676,38 @@ fn missing_bytes(node: &Node, entry: &Inode) -> ApiError {
     ApiError::FileNotFound
 }
 
+/// A read's row with its blob as the storage worker opened it (none for a directory or a file of
+/// another node or backend), in one blocking hop. Nothing is counted until [`open_prefetched`]
+/// uses the blob, so a `304` counts no read, as before.
+pub async fn read_entry_prefetched(node: &Node, path: &CanonicalPath) -> Result<(Inode, Option<Prefetched>), ApiError> {
+    let found = node.open_entry(OpenEntry { path: path.as_str().to_string(), inline_limit: INLINE_READ_LIMIT }).await?;
+    let entry = found.entry.ok_or(ApiError::FileNotFound)?;
+    Ok((entry, found.opened.map(|(opened, took)| Prefetched { opened, took })))
+}
+
+/// A blob opened by the storage worker together with its row, and how long the open took.
+pub struct Prefetched {
+    opened: Result<callfs_actors::storage::localfs::OpenedFile, callfs_actors::ActorError>,
+    took: Duration,
+}
+
+/// [`open`], using the blob the storage worker already opened with the row; a missing blob takes
+/// the path of [`open`] (the row may have moved on meanwhile).
+pub async fn open_prefetched(
+    node: &Node,
+    entry: Inode,
+    prefetched: Option<Prefetched>,
+) -> Result<(Inode, Opened), ApiError> {
+    match prefetched {
+        Some(Prefetched { opened: Err(callfs_actors::ActorError::NotFound), .. }) | None => open(node, entry).await,
+        Some(Prefetched { opened, took }) => {
+            let opened = opened.map(Opened::from).map_err(ApiError::from);
+            let opened = settle_open(node, &entry, opened, took)?;
+            Ok((entry, opened))
+        }
+    }
+}
+
 async fn open_blob(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
     let Some(blob) = entry.blob.clone() else {
         return Err(ApiError::FileNotFound);
@@ -576,7 +715,17 @@ async fn open_blob(node: &Node, entry: &Inode) -> Result<Opened, ApiError> {
     let store = node.store(entry.backend())?;
     let started = Instant::now();
     let opened = node.storage(store.open(&blob, INLINE_READ_LIMIT)).await;
-    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), started.elapsed());
+    settle_open(node, entry, opened, started.elapsed())
+}
+
+/// Counts an open of `entry`'s blob and checks its length against the row.
+fn settle_open(
+    node: &Node,
+    entry: &Inode,
+    opened: Result<Opened, ApiError>,
+    took: Duration,
+) -> Result<Opened, ApiError> {
+    node.metrics.record_backend(backend_label(entry), BackendOp::Open, backend_ok(&opened), took);
     let opened = opened?;
     if opened.total != entry.size as u64 {
         log::warn!(path = entry.path.as_str(), expected = entry.size, actual = opened.total; "stored size differs from metadata");
@@ -851,6 +1000,7 @@ async fn relocate_once(node: &Node, identity: &Identity, req: &MoveRequest) -> R
         id: row.id,
         expect_version: row.content_version,
         expect_blob: row.blob.clone(),
+        expect_path: None,
         blob: new.blob.clone(),
         size: new.size as i64,
         backend_type: new.backend().as_str().into(),

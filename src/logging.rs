@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use log::kv::{self, VisitSource, VisitValue};
 use log::{Level, LevelFilter, Record};
-use serde::{Serialize, Serializer as _};
+use serde::Serializer as _;
 use serde_json::ser::{CompactFormatter, Formatter};
 
 /// Our crates: they log at the configured level; every other crate at `warn` or above.
@@ -97,29 +97,67 @@ fn dependency_level(level: LevelFilter) -> LevelFilter {
     level.min(LevelFilter::Warn)
 }
 
-/// Renders one event as a single line (no trailing newline).
+/// Renders one event as a single line (no trailing newline), written into one buffer as the
+/// key-values are visited (no per-field strings: the request log line is on every request).
 pub fn render(record: &Record<'_>, format: Format, now: DateTime<Utc>) -> String {
     let ts = now.to_rfc3339_opts(SecondsFormat::Millis, true);
     let caller = caller(record);
     let msg = record.args().to_string();
-    let fields = collect_fields(record);
-    let entries = fields.iter().map(|(key, value)| (key.as_str(), value));
     let level = level_name(record.level());
+    let mut out = Vec::with_capacity(256);
     match format {
         Format::Json => {
-            let common = [("level", level), ("ts", &ts), ("caller", &caller), ("msg", &msg)];
-            let common = common.map(|(key, value)| (key, Field::Str(value.to_owned())));
-            json_object(common.iter().map(|(key, value)| (*key, value)).chain(entries))
+            out.push(b'{');
+            for (key, value) in [("level", level), ("ts", &ts), ("caller", &caller), ("msg", &msg)] {
+                if key != "level" {
+                    out.push(b',');
+                }
+                write_json_str(&mut out, key);
+                out.push(b':');
+                write_json_str(&mut out, value);
+            }
+            let mut fields = FieldWriter { out, empty: false };
+            // The writer never fails; a failing source just yields the fields written so far.
+            let _ = record.key_values().visit(&mut fields);
+            out = fields.out;
+            out.push(b'}');
         }
         Format::Console => {
-            let mut out = format!("{ts}\t{}\t{}\t{}", level.to_ascii_uppercase(), unquoted(&caller), unquoted(&msg));
-            if !fields.is_empty() {
-                out.push('\t');
-                out.push_str(&json_object(entries));
+            out.extend_from_slice(ts.as_bytes());
+            out.push(b'\t');
+            out.extend_from_slice(level.to_ascii_uppercase().as_bytes());
+            out.push(b'\t');
+            write_unquoted(&mut out, &caller);
+            out.push(b'\t');
+            write_unquoted(&mut out, &msg);
+            let mark = out.len();
+            out.extend_from_slice(b"\t{");
+            let mut fields = FieldWriter { out, empty: true };
+            let _ = record.key_values().visit(&mut fields);
+            let empty = fields.empty;
+            out = fields.out;
+            if empty {
+                out.truncate(mark);
+            } else {
+                out.push(b'}');
             }
-            out
         }
     }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `s` as a JSON string escaped by [`LineSafe`].
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::Serializer::with_formatter(&mut *out, LineSafe).serialize_str(s);
+}
+
+/// `s` escaped as inside a JSON string, without the quotes (console columns).
+fn write_unquoted(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    write_json_str(out, s);
+    out.remove(start);
+    out.pop();
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -158,35 +196,6 @@ fn shorten_path(file: &str) -> &str {
     }
 }
 
-/// One key-value's value: integers, floats and booleans stay JSON numbers/booleans, everything else is a string.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-enum Field {
-    Str(String),
-    U64(u64),
-    I64(i64),
-    U128(u128),
-    I128(i128),
-    F64(f64),
-    Bool(bool),
-}
-
-/// A compact JSON object with the entries in the order given (repeated keys included), strings escaped by [`LineSafe`].
-fn json_object<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Field)>) -> String {
-    let mut out = Vec::with_capacity(128);
-    // Writing to a Vec cannot fail, and strings and numbers always serialize.
-    let _ = serde_json::Serializer::with_formatter(&mut out, LineSafe).collect_map(entries);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// `s` escaped as inside a JSON string, without the quotes (console columns).
-fn unquoted(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len() + 2);
-    let _ = serde_json::Serializer::with_formatter(&mut out, LineSafe).serialize_str(s);
-    let quoted = String::from_utf8(out).unwrap_or_default();
-    quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default().to_owned()
-}
-
 /// serde_json's compact output, whose strings escape what JSON requires (`"`, `\\`, U+0000–U+001F), plus `\\u` escapes
 /// for DEL, NEL and the Unicode line/paragraph separators, so no value can ever start a new line in any viewer.
 struct LineSafe;
@@ -204,82 +213,115 @@ impl Formatter for LineSafe {
     }
 }
 
-/// Key-values in order; common field names are renamed to `field.<name>`, absent optional fields (`None`) left out.
-fn collect_fields(record: &Record<'_>) -> Vec<(String, Field)> {
-    let mut collector = FieldCollector(Vec::new());
-    // The collector never fails; a failing source just yields the fields gathered so far.
-    let _ = record.key_values().visit(&mut collector);
-    collector.0
+/// Writes the key-values in order as `,"key":value` (no comma before the first when the object
+/// is `empty` so far); common field names are renamed to `field.<name>`, absent optional fields
+/// (`None`) left out; integers, floats and booleans stay JSON numbers/booleans, everything else is
+/// a string.
+struct FieldWriter {
+    out: Vec<u8>,
+    empty: bool,
 }
 
-struct FieldCollector(Vec<(String, Field)>);
-
-impl<'kvs> VisitSource<'kvs> for FieldCollector {
+impl<'kvs> VisitSource<'kvs> for FieldWriter {
     fn visit_pair(&mut self, key: kv::Key<'kvs>, value: kv::Value<'kvs>) -> Result<(), kv::Error> {
-        let key = key.as_str();
-        let key = if COMMON_FIELDS.contains(&key) { format!("field.{key}") } else { key.to_owned() };
-        let mut field = FieldValue(None);
-        match (value.visit(&mut field), field.0) {
-            // `None` (null) is left out rather than written as null.
-            (Ok(()), Some(None)) => {}
-            (Ok(()), Some(Some(field))) => self.0.push((key, field)),
-            _ => self.0.push((key, Field::Str(value.to_string()))),
+        let start = self.out.len();
+        if !self.empty {
+            self.out.push(b',');
         }
+        let key = key.as_str();
+        if COMMON_FIELDS.contains(&key) {
+            write_json_str(&mut self.out, &format!("field.{key}"));
+        } else {
+            write_json_str(&mut self.out, key);
+        }
+        self.out.push(b':');
+        let value_at = self.out.len();
+        let mut field = ValueWriter { out: &mut self.out, null: false };
+        let visited = value.visit(&mut field);
+        let null = field.null;
+        match visited {
+            // `None` (null) is left out rather than written as null.
+            Ok(()) if null => {
+                self.out.truncate(start);
+                return Ok(());
+            }
+            Ok(()) => {}
+            Err(_) => {
+                self.out.truncate(value_at);
+                write_json_str(&mut self.out, &value.to_string());
+            }
+        }
+        self.empty = false;
         Ok(())
     }
 }
 
-/// The value of one key-value; `Some(None)` for null.
-struct FieldValue(Option<Option<Field>>);
+/// Writes one value as JSON; notes a null instead.
+struct ValueWriter<'a> {
+    out: &'a mut Vec<u8>,
+    null: bool,
+}
 
-impl FieldValue {
-    fn set(&mut self, field: Field) -> Result<(), kv::Error> {
-        self.0 = Some(Some(field));
-        Ok(())
+impl ValueWriter<'_> {
+    fn json(&mut self) -> serde_json::Serializer<&mut Vec<u8>, LineSafe> {
+        serde_json::Serializer::with_formatter(&mut *self.out, LineSafe)
     }
 }
 
-impl<'v> VisitValue<'v> for FieldValue {
+impl<'v> VisitValue<'v> for ValueWriter<'_> {
     fn visit_any(&mut self, value: kv::Value<'_>) -> Result<(), kv::Error> {
-        self.set(Field::Str(value.to_string()))
+        write_json_str(self.out, &value.to_string());
+        Ok(())
     }
 
     fn visit_null(&mut self) -> Result<(), kv::Error> {
-        self.0 = Some(None);
+        self.null = true;
         Ok(())
     }
 
     fn visit_u64(&mut self, value: u64) -> Result<(), kv::Error> {
-        self.set(Field::U64(value))
+        let _ = self.json().serialize_u64(value);
+        Ok(())
     }
 
     fn visit_i64(&mut self, value: i64) -> Result<(), kv::Error> {
-        self.set(Field::I64(value))
+        let _ = self.json().serialize_i64(value);
+        Ok(())
     }
 
     fn visit_u128(&mut self, value: u128) -> Result<(), kv::Error> {
-        self.set(Field::U128(value))
+        let _ = self.json().serialize_u128(value);
+        Ok(())
     }
 
     fn visit_i128(&mut self, value: i128) -> Result<(), kv::Error> {
-        self.set(Field::I128(value))
+        let _ = self.json().serialize_i128(value);
+        Ok(())
     }
 
     fn visit_f64(&mut self, value: f64) -> Result<(), kv::Error> {
         // NaN and infinities are not JSON numbers.
-        self.set(if value.is_finite() { Field::F64(value) } else { Field::Str(value.to_string()) })
+        if value.is_finite() {
+            let _ = self.json().serialize_f64(value);
+        } else {
+            write_json_str(self.out, &value.to_string());
+        }
+        Ok(())
     }
 
     fn visit_bool(&mut self, value: bool) -> Result<(), kv::Error> {
-        self.set(Field::Bool(value))
+        let _ = self.json().serialize_bool(value);
+        Ok(())
     }
 
     fn visit_str(&mut self, value: &str) -> Result<(), kv::Error> {
-        self.set(Field::Str(value.to_owned()))
+        write_json_str(self.out, value);
+        Ok(())
     }
 
     fn visit_char(&mut self, value: char) -> Result<(), kv::Error> {
-        self.set(Field::Str(value.to_string()))
+        write_json_str(self.out, value.encode_utf8(&mut [0; 4]));
+        Ok(())
     }
 }
 

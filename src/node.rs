@@ -10,7 +10,7 @@ use callfs_actors::locks::{AcquireLock, LockGuard, LockTable};
 use callfs_actors::metadata::MetadataStore;
 use callfs_actors::metrics::{Metrics, MetricsActor};
 use callfs_actors::peer::PeerProxy;
-use callfs_actors::storage::localfs::LocalFsWorker;
+use callfs_actors::storage::localfs::{EntryBlob, LocalFsWorker, OpenEntry};
 use callfs_actors::storage::s3::S3Worker;
 use callfs_actors::storage::{Backend, BlobStore};
 use callfs_actors::ActorError;
@@ -99,6 +99,13 @@ impl Node {
     {
         let timeout = self.settings.file_op_timeout;
         ask(&self.localfs, msg, timeout, ApiError::BackendUnavailable("storage call timed out".into())).await
+    }
+
+    /// A row lookup with the read of its blob on a storage worker (one blocking hop), bounded by
+    /// both timeouts; a timeout is the metadata's (the lookup comes first).
+    pub async fn open_entry(&self, msg: OpenEntry) -> Result<EntryBlob, ApiError> {
+        let timeout = self.settings.metadata_op_timeout + self.settings.file_op_timeout;
+        ask(&self.localfs, msg, timeout, ApiError::MetadataUnavailable("metadata query timed out".into())).await
     }
 
     /// The blob store of `backend`; S3 without a configured bucket is unavailable.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use callfs_actors::locks::{LeaseStore, Leases, LockTable};
-use callfs_actors::metadata::{self, MetadataStore, StoreKind};
+use callfs_actors::metadata::{self, EntryReader, MetadataStore, StoreKind};
 use callfs_actors::metrics::{Metrics, MetricsActor};
 use callfs_actors::peer::{PeerProxy, PeerSettings};
 use callfs_actors::storage::localfs::{self, LocalFsWorker};
@@ -21,6 +21,10 @@ use crate::tls;
 
 /// Threads for short blocking disk calls (open, rename, delete, mkdir).
 const LOCALFS_THREADS: usize = 16;
+/// Lease workers (`dlm.type: postgres`), each with its connection.
+const LEASE_THREADS: usize = 4;
+/// Read connections of the storage workers (SQLite; PostgreSQL takes at most `max_connections`).
+const READER_CONNECTIONS: u32 = 8;
 
 pub fn run(config_path: Option<&Path>) -> i32 {
     let Some(loaded) = config::load_or_report(config_path) else {
@@ -104,6 +108,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let max_connections = config.metadata_store.max_connections;
     let op_timeout = config.server.metadata_op_timeout;
     let pool_metrics = metrics.clone();
+    let reader_target = target.clone();
     let pool = web::block(move || metadata::connect(kind, &target, max_connections, op_timeout, &pool_metrics))
         .await
         .map_err(|e| e.to_string())?
@@ -119,12 +124,12 @@ async fn serve(config: Config) -> Result<(), String> {
     let locks = match config.dlm.kind.as_str() {
         "postgres" => {
             let dsn = config.dlm_dsn();
-            let max = config.metadata_store.max_connections;
-            let pool = web::block(move || LeaseStore::connect(&dsn, max))
+            // One connection per lease worker: more would only sit idle on the server.
+            let pool = web::block(move || LeaseStore::connect(&dsn, LEASE_THREADS as u32))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("lock manager: {e}"))?;
-            let store = SyncArbiter::start(4, move || LeaseStore::new(pool.clone()));
+            let store = SyncArbiter::start(LEASE_THREADS, move || LeaseStore::new(pool.clone()));
             lease_store = Some(store.clone());
             let leases = Leases { store, instance_id: instance_id.clone(), ttl: config.dlm.lease_ttl };
             LockTable::with_leases(metrics.clone(), leases).start()
@@ -138,7 +143,22 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("localfs root: {e}"))?;
     let fsync = config.backend.localfs_fsync;
-    let localfs = SyncArbiter::start(LOCALFS_THREADS, move || LocalFsWorker::new(root.clone(), fsync));
+    // The storage workers read the row of a GET themselves (one blocking hop for a small file), on
+    // a pool of their own: the store's connections stay free for writes.
+    let reader_size = match kind {
+        StoreKind::Sqlite => READER_CONNECTIONS,
+        StoreKind::Postgres => max_connections.clamp(1, READER_CONNECTIONS),
+    };
+    let reader_metrics = metrics.clone();
+    let reader =
+        web::block(move || EntryReader::connect(kind, &reader_target, reader_size, op_timeout, reader_metrics))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("metadata store: {e}"))?;
+    let disk_instance = instance_id.clone();
+    let localfs = SyncArbiter::start(LOCALFS_THREADS, move || {
+        LocalFsWorker::with_reader(root.clone(), fsync, reader.clone(), disk_instance.clone())
+    });
     // A revision-1 root is converted before the first request can look for a blob.
     crate::fsck::upgrade_layout(&metadata, &localfs, &instance_id).await?;
     let s3 = start_s3(&config).await?;

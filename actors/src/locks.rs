@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::r2d2::Pool;
 use diesel::sql_types::{BigInt, Text};
 use tokio::sync::oneshot;
 
 use crate::error::ActorError;
+use crate::metadata::PgManager;
 use crate::metrics::{now_ms, ErrorKind, LockOp, Metrics};
 
 /// Cluster-wide leases in PostgreSQL (cluster.md §6), taken after the local lock so that contenders
@@ -281,32 +282,44 @@ impl Handler<RecordLease> for LockTable {
 
 /// The `callfs_locks` table, on a SyncArbiter (diesel blocks).
 pub struct LeaseStore {
-    pool: Pool<ConnectionManager<PgConnection>>,
+    pool: Pool<PgManager>,
 }
 
 impl LeaseStore {
     /// Connects and makes sure the lease table exists (the DSN may differ from the metadata store's).
-    pub fn connect(dsn: &str, max_connections: u32) -> Result<Pool<ConnectionManager<PgConnection>>, ActorError> {
+    /// Checkouts are not tested (a `SELECT 1` before each lease statement would double its round
+    /// trips); a connection whose statement failed for want of a server is dropped instead.
+    pub fn connect(dsn: &str, max_connections: u32) -> Result<Pool<PgManager>, ActorError> {
         let pool = Pool::builder()
             .max_size(max_connections.max(2))
+            .min_idle(Some(1))
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
-            .build(ConnectionManager::<PgConnection>::new(dsn))
+            .build(PgManager::new(dsn))
             .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
-        let mut conn = pool.get().map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
-        diesel::sql_query(
-            "CREATE TABLE IF NOT EXISTS callfs_locks (lock_key TEXT PRIMARY KEY, holder TEXT NOT NULL, \
-             acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL)",
-        )
-        .execute(&mut conn)?;
+        let store = Self::new(pool.clone());
+        store.with_conn(|conn| {
+            diesel::sql_query(
+                "CREATE TABLE IF NOT EXISTS callfs_locks (lock_key TEXT PRIMARY KEY, holder TEXT NOT NULL, \
+                 acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL)",
+            )
+            .execute(conn)
+        })?;
         Ok(pool)
     }
 
-    pub fn new(pool: Pool<ConnectionManager<PgConnection>>) -> Self {
+    pub fn new(pool: Pool<PgManager>) -> Self {
         Self { pool }
     }
 
-    fn conn(&self) -> Result<diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>, ActorError> {
-        self.pool.get().map_err(|e| ActorError::MetadataUnavailable(e.to_string()))
+    /// Runs `f` on a pooled connection; a connection the server dropped leaves the pool.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut PgConnection) -> QueryResult<T>) -> Result<T, ActorError> {
+        let mut pooled = self.pool.get().map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
+        let result = f(&mut pooled).map_err(ActorError::from);
+        if matches!(result, Err(ActorError::MetadataUnavailable(_))) {
+            pooled.mark_broken();
+        }
+        result
     }
 }
 
@@ -332,17 +345,18 @@ pub struct TryAcquireLease {
 impl Handler<TryAcquireLease> for LeaseStore {
     type Result = Result<bool, ActorError>;
     fn handle(&mut self, msg: TryAcquireLease, _ctx: &mut Self::Context) -> Self::Result {
-        let mut conn = self.conn()?;
-        let rows: Vec<HolderRow> = diesel::sql_query(
-            "INSERT INTO callfs_locks (lock_key, holder, acquired_at, expires_at) \
+        let rows: Vec<HolderRow> = self.with_conn(|conn| {
+            diesel::sql_query(
+                "INSERT INTO callfs_locks (lock_key, holder, acquired_at, expires_at) \
              VALUES ($1, $2, now(), now() + $3 * interval '1 millisecond') \
              ON CONFLICT (lock_key) DO UPDATE SET holder = EXCLUDED.holder, acquired_at = now(), \
              expires_at = EXCLUDED.expires_at WHERE callfs_locks.expires_at < now() RETURNING holder",
-        )
-        .bind::<Text, _>(&msg.key)
-        .bind::<Text, _>(&msg.holder)
-        .bind::<BigInt, _>(msg.ttl.as_millis() as i64)
-        .load(&mut conn)?;
+            )
+            .bind::<Text, _>(&msg.key)
+            .bind::<Text, _>(&msg.holder)
+            .bind::<BigInt, _>(msg.ttl.as_millis() as i64)
+            .load(conn)
+        })?;
         Ok(rows.iter().any(|r| r.holder == msg.holder))
     }
 }
@@ -359,15 +373,16 @@ pub struct RenewLease {
 impl Handler<RenewLease> for LeaseStore {
     type Result = Result<bool, ActorError>;
     fn handle(&mut self, msg: RenewLease, _ctx: &mut Self::Context) -> Self::Result {
-        let mut conn = self.conn()?;
-        let updated = diesel::sql_query(
-            "UPDATE callfs_locks SET expires_at = now() + $3 * interval '1 millisecond' \
+        let updated = self.with_conn(|conn| {
+            diesel::sql_query(
+                "UPDATE callfs_locks SET expires_at = now() + $3 * interval '1 millisecond' \
              WHERE lock_key = $1 AND holder = $2",
-        )
-        .bind::<Text, _>(&msg.key)
-        .bind::<Text, _>(&msg.holder)
-        .bind::<BigInt, _>(msg.ttl.as_millis() as i64)
-        .execute(&mut conn)?;
+            )
+            .bind::<Text, _>(&msg.key)
+            .bind::<Text, _>(&msg.holder)
+            .bind::<BigInt, _>(msg.ttl.as_millis() as i64)
+            .execute(conn)
+        })?;
         Ok(updated == 1)
     }
 }
@@ -383,13 +398,14 @@ pub struct CheckLease {
 impl Handler<CheckLease> for LeaseStore {
     type Result = Result<bool, ActorError>;
     fn handle(&mut self, msg: CheckLease, _ctx: &mut Self::Context) -> Self::Result {
-        let mut conn = self.conn()?;
-        let rows: Vec<HolderRow> = diesel::sql_query(
-            "SELECT holder FROM callfs_locks WHERE lock_key = $1 AND holder = $2 AND expires_at > now()",
-        )
-        .bind::<Text, _>(&msg.key)
-        .bind::<Text, _>(&msg.holder)
-        .load(&mut conn)?;
+        let rows: Vec<HolderRow> = self.with_conn(|conn| {
+            diesel::sql_query(
+                "SELECT holder FROM callfs_locks WHERE lock_key = $1 AND holder = $2 AND expires_at > now()",
+            )
+            .bind::<Text, _>(&msg.key)
+            .bind::<Text, _>(&msg.holder)
+            .load(conn)
+        })?;
         Ok(!rows.is_empty())
     }
 }
@@ -402,8 +418,7 @@ pub struct PingLeases;
 impl Handler<PingLeases> for LeaseStore {
     type Result = Result<(), ActorError>;
     fn handle(&mut self, _msg: PingLeases, _ctx: &mut Self::Context) -> Self::Result {
-        let mut conn = self.conn()?;
-        diesel::sql_query("SELECT 1 FROM callfs_locks LIMIT 1").execute(&mut conn)?;
+        self.with_conn(|conn| diesel::sql_query("SELECT 1 FROM callfs_locks LIMIT 1").execute(conn))?;
         Ok(())
     }
 }
@@ -419,12 +434,11 @@ pub struct ReleaseLease {
 impl Handler<ReleaseLease> for LeaseStore {
     type Result = ();
     fn handle(&mut self, msg: ReleaseLease, _ctx: &mut Self::Context) {
-        let released = self.conn().and_then(|mut conn| {
+        let released = self.with_conn(|conn| {
             diesel::sql_query("DELETE FROM callfs_locks WHERE lock_key = $1 AND holder = $2")
                 .bind::<Text, _>(&msg.key)
                 .bind::<Text, _>(&msg.holder)
-                .execute(&mut conn)
-                .map_err(ActorError::from)
+                .execute(conn)
         });
         if let Err(err) = released {
             log::error!(key = msg.key.as_str(), error = err.to_string().as_str(); "lease release failed");

@@ -33,7 +33,12 @@ pub struct Conditions<'a> {
 }
 
 pub fn http_date(t: NaiveDateTime) -> String {
-    t.and_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    // httpdate writes the IMF-fixdate digit by digit; chrono's format interpreter is several times
+    // dearer. Times before the epoch (never written by this node) go through chrono.
+    match u64::try_from(t.and_utc().timestamp()) {
+        Ok(secs) => httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+        Err(_) => t.and_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+    }
 }
 
 /// Seconds since the epoch of an HTTP-date in any of the three forms a recipient must accept (RFC 9110 §5.6.7):
@@ -106,6 +111,14 @@ fn parse_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn http_date_matches_chrono() {
+        for text in ["2026-11-30 07:02:05.25", "1970-01-01 00:00:00", "2000-02-29 23:59:59"] {
+            let t = chrono::NaiveDateTime::parse_from_str(text, "%F %T%.f").unwrap();
+            assert_eq!(super::http_date(t), t.and_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string());
+        }
+    }
+
     use super::*;
 
     use chrono::DateTime;

@@ -181,7 +181,13 @@ fn hold_payload(req: &mut ServiceRequest) -> Option<HeldPayload> {
 
 /// Bytes of the request line and headers as sent (`server.max_header_bytes`).
 fn head_size(req: &ServiceRequest) -> u64 {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    // The length of the URI as it displays, without rendering it.
+    let uri = req.uri();
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1);
+    let line = req.method().as_str().len() + uri_len + 12;
     let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     (line + headers) as u64
 }

@@ -57,8 +57,21 @@ impl std::ops::DerefMut for TrackedPg {
     }
 }
 
+impl TrackedPg {
+    /// The server is gone under this connection: r2d2 drops it instead of reusing it.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+}
+
 #[derive(Debug)]
 pub struct PgManager(ConnectionManager<PgConnection>);
+
+impl PgManager {
+    pub fn new(dsn: &str) -> Self {
+        PgManager(ConnectionManager::new(dsn))
+    }
+}
 
 impl diesel::r2d2::ManageConnection for PgManager {
     type Connection = TrackedPg;
@@ -159,8 +172,10 @@ fn connection_lost(message: &str) -> bool {
         .any(|needle| m.contains(needle))
 }
 
+/// Now, at the precision both databases keep (microseconds), so a row built here equals its read.
 fn now() -> NaiveDateTime {
-    Utc::now().naive_utc()
+    use chrono::SubsecRound;
+    Utc::now().naive_utc().trunc_subsecs(6)
 }
 
 /// Opens the pool, applies migrations and makes sure the root row exists.
@@ -443,21 +458,90 @@ impl MetadataStore {
 
     /// Checks out a connection, runs `f` and records the round trip.
     fn run<T>(&self, op: MetadataOp, f: impl FnOnce(&mut Conn) -> Result<T, ActorError>) -> Result<T, ActorError> {
-        let started = Instant::now();
-        let result = checkout(&self.pool).and_then(|mut conn| {
-            let result = f(&mut conn);
-            if let (Err(ActorError::MetadataUnavailable(_)), Conn::Pg(pooled)) = (&result, &mut conn) {
-                pooled.broken = true;
-            }
-            result
-        });
-        self.metrics.record_metadata(op, started.elapsed());
-        match &result {
-            Err(ActorError::MetadataUnavailable(_)) => self.metrics.record_error(ErrorKind::MetadataUnavailable),
-            Err(ActorError::Metadata(_)) => self.metrics.record_error(ErrorKind::QueryFailed),
-            _ => {}
+        run(&self.pool, &self.metrics, op, f)
+    }
+}
+
+/// Checks out a connection of `pool`, runs `f` and records the round trip.
+fn run<T>(
+    pool: &Pool,
+    metrics: &Metrics,
+    op: MetadataOp,
+    f: impl FnOnce(&mut Conn) -> Result<T, ActorError>,
+) -> Result<T, ActorError> {
+    let started = Instant::now();
+    let result = checkout(pool).and_then(|mut conn| {
+        let result = f(&mut conn);
+        if let (Err(ActorError::MetadataUnavailable(_)), Conn::Pg(pooled)) = (&result, &mut conn) {
+            pooled.broken = true;
         }
         result
+    });
+    metrics.record_metadata(op, started.elapsed());
+    match &result {
+        Err(ActorError::MetadataUnavailable(_)) => metrics.record_error(ErrorKind::MetadataUnavailable),
+        Err(ActorError::Metadata(_)) => metrics.record_error(ErrorKind::QueryFailed),
+        _ => {}
+    }
+    result
+}
+
+/// The row at `path`: one statement, no transaction.
+fn entry_at(conn: &mut Conn, path: &str) -> Result<Option<Inode>, ActorError> {
+    Ok(with_conn!(conn, c => inodes::table
+        .filter(inodes::path.eq(path))
+        .select(Inode::as_select())
+        .get_result(c)
+        .optional())?)
+}
+
+/// Point reads of `inodes` for a blocking worker other than the store (the localfs worker reads a
+/// small file's row and bytes on one thread). Its own pool: the store's connections stay free for
+/// writes. Counted and timed like the store's own reads.
+#[derive(Clone)]
+pub struct EntryReader {
+    pool: Pool,
+    metrics: Metrics,
+}
+
+impl EntryReader {
+    /// A pool of up to `max_connections` read connections to the store `connect` opened (no
+    /// migrations: the store has run them); one is opened now, the rest on demand.
+    pub fn connect(
+        kind: StoreKind,
+        target: &str,
+        max_connections: u32,
+        op_timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, ActorError> {
+        let pool = match kind {
+            StoreKind::Sqlite => Pool::Sqlite(
+                diesel::r2d2::Pool::builder()
+                    .max_size(max_connections.max(1))
+                    .min_idle(Some(1))
+                    .connection_timeout(op_timeout)
+                    .test_on_check_out(false)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .build(ConnectionManager::<SqliteConnection>::new(target))
+                    .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?,
+            ),
+            StoreKind::Postgres => Pool::Pg(
+                diesel::r2d2::Pool::builder()
+                    .max_size(max_connections.max(1))
+                    .min_idle(Some(1))
+                    .test_on_check_out(false)
+                    .connection_timeout(op_timeout.max(Duration::from_secs(5)))
+                    .connection_customizer(Box::new(PgUtc))
+                    .build(PgManager(ConnectionManager::<PgConnection>::new(target)))
+                    .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?,
+            ),
+        };
+        Ok(Self { pool, metrics })
+    }
+
+    /// The row at a canonical path, if any (what [`GetEntry`] answers).
+    pub fn entry(&self, path: &str) -> Result<Option<Inode>, ActorError> {
+        run(&self.pool, &self.metrics, MetadataOp::Get, |conn| entry_at(conn, path))
     }
 }
 
@@ -497,13 +581,7 @@ pub struct GetEntry {
 impl Handler<GetEntry> for MetadataStore {
     type Result = Result<Option<Inode>, ActorError>;
     fn handle(&mut self, msg: GetEntry, _ctx: &mut Self::Context) -> Self::Result {
-        self.run(MetadataOp::Get, |conn| {
-            Ok(with_conn!(conn, c => inodes::table
-                .filter(inodes::path.eq(&msg.path))
-                .select(Inode::as_select())
-                .get_result(c)
-                .optional())?)
-        })
+        self.run(MetadataOp::Get, |conn| entry_at(conn, &msg.path))
     }
 }
 
@@ -524,6 +602,48 @@ impl Handler<GetEntries> for MetadataStore {
                 .load(c))?)
         })
     }
+}
+
+/// What a file write reads before its body (api.md §8.3/§8.4): the rows at `paths` (the path and
+/// its ancestors), and the intent of the blob it is about to write recorded in the same round trip
+/// (storage.md §1.4: before the first byte). A write that goes no further drops the intent.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Inode>, ActorError>")]
+pub struct PrepareWrite {
+    pub path: String,
+    /// Every ancestor, the parent last (empty for the root).
+    pub ancestors: Vec<String>,
+    pub intent: BlobRef,
+}
+
+impl Handler<PrepareWrite> for MetadataStore {
+    type Result = Result<Vec<Inode>, ActorError>;
+    fn handle(&mut self, msg: PrepareWrite, _ctx: &mut Self::Context) -> Self::Result {
+        let rows = self.run(MetadataOp::Get, |conn| lineage_rows(conn, &msg.path, &msg.ancestors))?;
+        self.record_intent(&msg.intent)?;
+        Ok(rows)
+    }
+}
+
+/// The rows of a path's lineage (the path and its ancestors, parent last). A directory has only
+/// directories above it, so the path and its parent, read by one statement of fixed shape (prepared
+/// once per connection), answer whenever the parent exists; the other ancestors are read only when
+/// it does not (a write that creates its parents).
+fn lineage_rows(conn: &mut Conn, path: &str, ancestors: &[String]) -> Result<Vec<Inode>, ActorError> {
+    let parent = ancestors.last().map_or(path, String::as_str);
+    let rows: Vec<Inode> = with_conn!(conn, c => inodes::table
+        .filter(inodes::path.eq(path).or(inodes::path.eq(parent)))
+        .select(Inode::as_select())
+        .load(c))?;
+    if rows.iter().any(|r| r.path == parent && r.is_dir()) || ancestors.is_empty() {
+        return Ok(rows);
+    }
+    let mut paths = ancestors.to_vec();
+    paths.push(path.to_string());
+    Ok(with_conn!(conn, c => inodes::table
+        .filter(inodes::path.eq_any(&paths))
+        .select(Inode::as_select())
+        .load(c))?)
 }
 
 /// Children of a directory: files first, then directories, each by name in byte order.
@@ -645,6 +765,8 @@ pub struct SwitchBlob {
     pub id: i64,
     pub expect_version: i64,
     pub expect_blob: Option<String>,
+    /// The row must still be at this path (a write planned before its lock: a rename keeps the id).
+    pub expect_path: Option<String>,
     pub blob: String,
     pub size: i64,
     pub backend_type: String,
@@ -675,6 +797,7 @@ impl MetadataStore {
                 let Some(current) = current else { return Err(ActorError::Changed) };
                 if current.content_version != msg.expect_version
                     || msg.expect_blob.as_ref().is_some_and(|b| current.blob.as_ref() != Some(b))
+                    || msg.expect_path.as_ref().is_some_and(|p| &current.path != p)
                     || !current.is_file()
                 {
                     return Err(ActorError::Changed);
@@ -682,7 +805,9 @@ impl MetadataStore {
                 let t = now();
                 let version = if msg.content_write { current.content_version + 1 } else { current.content_version };
                 let mtime = if msg.content_write { t } else { current.mtime };
-                let updated = diesel::update(
+                // No RETURNING: the row is `current` with these columns (a statement of fixed
+                // shape, prepared once per connection).
+                let switched = diesel::update(
                     inodes::table
                         .filter(inodes::id.eq(msg.id))
                         .filter(inodes::content_version.eq(msg.expect_version)),
@@ -697,10 +822,21 @@ impl MetadataStore {
                     inodes::ctime.eq(t),
                     inodes::updated_at.eq(t),
                 ))
-                .returning(Inode::as_returning())
-                .get_result(c)
-                .optional()?;
-                let Some(updated) = updated else { return Err(ActorError::Changed) };
+                .execute(c)?;
+                if switched == 0 {
+                    return Err(ActorError::Changed);
+                }
+                let updated = Inode {
+                    blob: Some(msg.blob.clone()),
+                    size: msg.size,
+                    backend_type: msg.backend_type.clone(),
+                    callfs_instance_id: msg.instance_id.clone(),
+                    content_version: version,
+                    mtime,
+                    ctime: t,
+                    updated_at: t,
+                    ..current.clone()
+                };
                 if let Some(old) = &current.blob {
                     record_garbage!(c, old, &current.backend_type, &current.callfs_instance_id);
                 }
@@ -758,13 +894,19 @@ pub struct RecordIntent {
 impl Handler<RecordIntent> for MetadataStore {
     type Result = Result<(), ActorError>;
     fn handle(&mut self, msg: RecordIntent, _ctx: &mut Self::Context) -> Self::Result {
+        self.record_intent(&msg.blob)
+    }
+}
+
+impl MetadataStore {
+    fn record_intent(&self, blob: &BlobRef) -> Result<(), ActorError> {
         self.run(MetadataOp::Create, |conn| {
             let t = now();
             with_conn!(conn, c => diesel::insert_into(blob_intents::table)
                 .values((
-                    blob_intents::blob.eq(&msg.blob.blob),
-                    blob_intents::backend_type.eq(&msg.blob.backend_type),
-                    blob_intents::instance_id.eq(&msg.blob.instance_id),
+                    blob_intents::blob.eq(&blob.blob),
+                    blob_intents::backend_type.eq(&blob.backend_type),
+                    blob_intents::instance_id.eq(&blob.instance_id),
                     blob_intents::created_at.eq(t),
                     blob_intents::touched_at.eq(t),
                 ))
@@ -1378,6 +1520,7 @@ mod tests {
 
     fn switch(file: &Inode, version: i64, blob: &str) -> SwitchBlob {
         SwitchBlob {
+            expect_path: None,
             id: file.id,
             expect_version: version,
             expect_blob: None,

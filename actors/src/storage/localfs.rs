@@ -10,7 +10,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
@@ -18,6 +18,8 @@ use futures_util::Stream;
 use tokio::task::JoinHandle;
 
 use crate::error::ActorError;
+use crate::metadata::{EntryReader, Inode};
+use crate::storage::Backend;
 
 /// Prefix of in-flight upload files in `tmp/`.
 pub const TEMP_PREFIX: &str = ".callfs-tmp-";
@@ -37,11 +39,18 @@ pub fn is_blob_id(id: &str) -> bool {
 pub struct LocalFsWorker {
     root: PathBuf,
     fsync: bool,
+    /// Row lookups for [`OpenEntry`], and the node whose localfs blobs are these.
+    reader: Option<(EntryReader, String)>,
 }
 
 impl LocalFsWorker {
     pub fn new(root: PathBuf, fsync: bool) -> Self {
-        Self { root, fsync }
+        Self { root, fsync, reader: None }
+    }
+
+    /// A worker that also answers [`OpenEntry`]: rows through `reader`, blobs of `instance_id`.
+    pub fn with_reader(root: PathBuf, fsync: bool, reader: EntryReader, instance_id: String) -> Self {
+        Self { root, fsync, reader: Some((reader, instance_id)) }
     }
 
     fn blobs(&self) -> PathBuf {
@@ -216,6 +225,39 @@ impl Handler<PublishBlob> for LocalFsWorker {
     }
 }
 
+/// Write a whole small blob in one call: temporary file, bytes, fsync (per `localfs_fsync`), then
+/// its blob location and the fsync of the fan-out folder, the sequence of [`OpenStaging`],
+/// [`Staging::write`], [`Staging::finish`] and [`PublishBlob`] on one thread. Nothing is left in
+/// `tmp/` when it fails. Returns the size.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ActorError>")]
+pub struct StoreBlob {
+    pub blob: String,
+    pub data: Bytes,
+}
+
+impl Handler<StoreBlob> for LocalFsWorker {
+    type Result = Result<u64, ActorError>;
+    fn handle(&mut self, msg: StoreBlob, _ctx: &mut Self::Context) -> Self::Result {
+        let mut staging = self.open_staging(&msg.blob)?;
+        let stored = (|| {
+            let mut file = staging.file.take().ok_or_else(|| ActorError::InvalidInput("staging file closed".into()))?;
+            let io = |e: io::Error| ActorError::from_io(&e);
+            file.write_all(&msg.data).map_err(io)?;
+            if self.fsync {
+                file.sync_all().map_err(io)?;
+            }
+            file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io)?;
+            drop(file);
+            self.publish(&staging.temp, &staging.target)
+        })();
+        if stored.is_err() {
+            let _ = fs::remove_file(&staging.temp);
+        }
+        stored.map(|()| msg.data.len() as u64)
+    }
+}
+
 /// Remove a temporary file (an upload that failed). Best effort.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -266,7 +308,13 @@ pub struct OpenBlob {
 impl Handler<OpenBlob> for LocalFsWorker {
     type Result = Result<OpenedFile, ActorError>;
     fn handle(&mut self, msg: OpenBlob, _ctx: &mut Self::Context) -> Self::Result {
-        let path = self.blob_path(&msg.blob)?;
+        self.open_blob(&msg.blob, msg.inline_limit)
+    }
+}
+
+impl LocalFsWorker {
+    fn open_blob(&self, blob: &str, inline_limit: u64) -> Result<OpenedFile, ActorError> {
+        let path = self.blob_path(blob)?;
         let mut file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -277,12 +325,58 @@ impl Handler<OpenBlob> for LocalFsWorker {
             return Err(ActorError::Storage("blob is not a regular file".into()));
         }
         let len = meta.len();
-        if len <= msg.inline_limit {
-            let mut buf = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut buf).map_err(|e| ActorError::from_io(&e))?;
-            return Ok(OpenedFile { len: buf.len() as u64, inline: Some(Bytes::from(buf)), file: None });
+        if len <= inline_limit {
+            // Blobs are immutable: exactly `len` bytes, read into one buffer that becomes the body.
+            let mut buf = BytesMut::zeroed(len as usize);
+            let mut filled = 0;
+            while filled < buf.len() {
+                match file.read(&mut buf[filled..]).map_err(|e| ActorError::from_io(&e))? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            buf.truncate(filled);
+            return Ok(OpenedFile { len: filled as u64, inline: Some(buf.freeze()), file: None });
         }
         Ok(OpenedFile { len, inline: None, file: Some(file) })
+    }
+}
+
+/// The row at a canonical path and, when it is a localfs file of this node, its blob opened (read
+/// whole up to `inline_limit`): the lookup and the read of a small GET on one thread.
+#[derive(Message)]
+#[rtype(result = "Result<EntryBlob, ActorError>")]
+pub struct OpenEntry {
+    pub path: String,
+    pub inline_limit: u64,
+}
+
+/// What [`OpenEntry`] found: no row, a row only (a directory, another node's or backend's file),
+/// or a row with the outcome of opening its blob and how long that took.
+#[derive(Debug)]
+pub struct EntryBlob {
+    pub entry: Option<Inode>,
+    pub opened: Option<(Result<OpenedFile, ActorError>, Duration)>,
+}
+
+impl Handler<OpenEntry> for LocalFsWorker {
+    type Result = Result<EntryBlob, ActorError>;
+    fn handle(&mut self, msg: OpenEntry, _ctx: &mut Self::Context) -> Self::Result {
+        let Some((reader, instance_id)) = &self.reader else {
+            return Err(ActorError::Internal("this storage worker reads no metadata".into()));
+        };
+        let entry = reader.entry(&msg.path)?;
+        let blob = entry.as_ref().filter(|e| {
+            e.is_file()
+                && e.backend() == Backend::Localfs
+                && e.callfs_instance_id.as_deref().is_none_or(|owner| owner == instance_id)
+        });
+        let opened = blob.and_then(|e| e.blob.as_deref()).map(|blob| {
+            let started = Instant::now();
+            let opened = self.open_blob(blob, msg.inline_limit);
+            (opened, started.elapsed())
+        });
+        Ok(EntryBlob { entry, opened })
     }
 }
 

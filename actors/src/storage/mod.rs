@@ -97,6 +97,16 @@ impl OpenedBlob {
     }
 }
 
+impl From<localfs::OpenedFile> for OpenedBlob {
+    fn from(opened: localfs::OpenedFile) -> Self {
+        match (opened.inline, opened.file) {
+            (Some(bytes), _) => OpenedBlob { total: bytes.len() as u64, body: OpenedBody::Inline(bytes) },
+            (None, Some(file)) => OpenedBlob { total: opened.len, body: OpenedBody::File(file) },
+            (None, None) => OpenedBlob { total: 0, body: OpenedBody::Inline(Bytes::new()) },
+        }
+    }
+}
+
 /// One backend's blobs.
 #[derive(Clone)]
 pub enum BlobStore {
@@ -138,11 +148,7 @@ impl BlobStore {
         match self {
             BlobStore::Localfs(addr) => {
                 let opened = addr.send(OpenBlob { blob: blob.to_string(), inline_limit }).await.map_err(mailbox)??;
-                Ok(match (opened.inline, opened.file) {
-                    (Some(bytes), _) => OpenedBlob { total: bytes.len() as u64, body: OpenedBody::Inline(bytes) },
-                    (None, Some(file)) => OpenedBlob { total: opened.len, body: OpenedBody::File(file) },
-                    (None, None) => OpenedBlob { total: 0, body: OpenedBody::Inline(Bytes::new()) },
-                })
+                Ok(OpenedBlob::from(opened))
             }
             BlobStore::S3(worker) => {
                 let total = worker.stat(blob).await?;

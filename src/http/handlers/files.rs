@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
@@ -25,8 +25,29 @@ use callfs_actors::metrics::{BackendOp, CrossServerOp};
 
 const PATCH_BODY_LIMIT: usize = 1024 * 1024;
 
+/// `YYYY-MM-DDTHH:MM:SSZ`, written digit by digit (chrono's format interpreter cost a GET more
+/// than its metrics); years outside 0–9999 go through chrono.
 pub fn rfc3339(t: chrono::NaiveDateTime) -> String {
-    t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    use chrono::{Datelike, Timelike};
+    if !(0..=9999).contains(&t.year()) {
+        return t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    }
+    let mut out = String::with_capacity(20);
+    let mut push = |n: u32, width: u32, then: Option<char>| {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
+        }
+        if let Some(c) = then {
+            out.push(c);
+        }
+    };
+    push(t.year() as u32, 4, Some('-'));
+    push(t.month(), 2, Some('-'));
+    push(t.day(), 2, Some('T'));
+    push(t.hour(), 2, Some(':'));
+    push(t.minute(), 2, Some(':'));
+    push(t.second(), 2, Some('Z'));
+    out
 }
 
 /// The listing item of api.md §8.1.
@@ -45,16 +66,17 @@ pub fn item(entry: &Inode) -> serde_json::Value {
 /// The metadata headers of api.md §8.0. `X-CallFS-Instance-ID` names the node holding the bytes;
 /// S3 files belong to no node, so it names the node that served them.
 fn metadata_headers(res: &mut HttpResponseBuilder, entry: &Inode, node: &Node) {
-    res.insert_header(("X-CallFS-Type", entry.kind.as_str()))
-        .insert_header(("X-CallFS-Size", entry.size.to_string()))
-        .insert_header(("X-CallFS-Mode", entry.mode.as_str()))
-        .insert_header(("X-CallFS-Owner", entry.owner.as_str()))
-        .insert_header(("X-CallFS-MTime", rfc3339(entry.mtime)))
-        .insert_header(("X-CallFS-Backend", entry.backend_type.as_str()));
+    // Static names: a name given as text is parsed and lower-cased on every insert.
+    res.insert_header((HeaderName::from_static("x-callfs-type"), entry.kind.as_str()))
+        .insert_header((HeaderName::from_static("x-callfs-size"), entry.size.to_string()))
+        .insert_header((HeaderName::from_static("x-callfs-mode"), entry.mode.as_str()))
+        .insert_header((HeaderName::from_static("x-callfs-owner"), entry.owner.as_str()))
+        .insert_header((HeaderName::from_static("x-callfs-mtime"), rfc3339(entry.mtime)))
+        .insert_header((HeaderName::from_static("x-callfs-backend"), entry.backend_type.as_str()));
     let shared = entry.is_file() && entry.backend().is_shared();
     let instance = if shared { Some(node.settings.instance_id.as_str()) } else { entry.callfs_instance_id.as_deref() };
     if let Some(instance) = instance {
-        res.insert_header(("X-CallFS-Instance-ID", instance));
+        res.insert_header((HeaderName::from_static("x-callfs-instance-id"), instance));
     }
     if entry.is_file() {
         res.insert_header((header::ETAG, entry.etag()))
@@ -115,7 +137,7 @@ pub async fn get(
     identity: &Identity,
     parsed: ParsedPath,
 ) -> Result<HttpResponse, ApiError> {
-    let entry = files::read_entry(node, &parsed.path).await?;
+    let (entry, prefetched) = files::read_entry_prefetched(node, &parsed.path).await?;
     if let files::Route::Peer(owner) = files::route(node, &entry) {
         ensure_not_proxied(identity)?;
         let ops = (CrossServerOp::ProxyRead, BackendOp::Open);
@@ -142,7 +164,7 @@ pub async fn get(
         return Ok(res.finish());
     }
     // Headers and ranges come from the row whose blob was opened: they always name the bytes sent.
-    let (entry, opened) = files::open(node, entry).await?;
+    let (entry, opened) = files::open_prefetched(node, entry, prefetched).await?;
     let mut res = HttpResponse::Ok();
     metadata_headers(&mut res, &entry, node);
     let etag = entry.etag();
@@ -195,12 +217,12 @@ pub async fn post(
     }
     let length = content_length(req);
     let plan = files::plan_write(node, identity, &parsed.path, WriteMode::CreateOnly, length).await?;
-    let WritePlan::Local(existing) = plan else {
+    let WritePlan::Local(local) = plan else {
         return Err(ApiError::Internal("a create was routed to another node".into()));
     };
     let _slot = node.upload_slots.admit(ctx.client_ip)?;
     let body = files::body_stream(payload, node.settings.read_timeout);
-    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, existing, length, body).await?;
+    files::write_file(node, identity, &parsed.path, WriteMode::CreateOnly, local, body).await?;
     Ok(HttpResponse::Created().finish())
 }
 
@@ -217,8 +239,8 @@ pub async fn put(
     }
     let length = content_length(req);
     let mode = WriteMode::CreateOrReplace;
-    let existing = match files::plan_write(node, identity, &parsed.path, mode, length).await? {
-        WritePlan::Local(existing) => existing,
+    let local = match files::plan_write(node, identity, &parsed.path, mode, length).await? {
+        WritePlan::Local(local) => local,
         WritePlan::Forward(owner) => {
             ensure_not_proxied(identity)?;
             let ops = (CrossServerOp::ProxyWrite, BackendOp::Update);
@@ -228,7 +250,7 @@ pub async fn put(
     };
     let _slot = node.upload_slots.admit(ctx.client_ip)?;
     let body = files::body_stream(payload, node.settings.read_timeout);
-    let written = files::write_file(node, identity, &parsed.path, mode, existing, length, body).await?;
+    let written = files::write_file(node, identity, &parsed.path, mode, local, body).await?;
     Ok(match written {
         Written::Created => HttpResponse::Created().finish(),
         Written::Replaced => HttpResponse::Ok().finish(),
@@ -352,4 +374,15 @@ pub async fn read_json_object<T: serde::de::DeserializeOwned>(
         return Err(ApiError::BadRequest("the JSON body must be an object".into()));
     }
     serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_matches_chrono() {
+        for text in ["2026-11-30 07:02:05.25", "0999-01-09 23:59:59", "9999-12-31 00:00:00"] {
+            let t = chrono::NaiveDateTime::parse_from_str(text, "%F %T%.f").unwrap();
+            assert_eq!(super::rfc3339(t), t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
+    }
 }
