@@ -16,7 +16,7 @@ FUZZ_TARGETS := endpoint path
 # how long make soak runs: seconds, or a number with s, m or h (10m)
 DURATION ?= 10m
 
-.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-proxy cluster cluster-down
+.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-proxy bench-scale cluster cluster-down
 
 # Everything `make test` needs: the build libraries plus PostgreSQL, Prometheus and Alertmanager.
 deps:
@@ -77,6 +77,10 @@ bench: build
 
 bench-proxy: build
 	scripts/with-postgres.sh bench/proxy.sh
+
+# One directory filled to 10k and 100k files (BENCH_SCALE_MAX=1000000 adds 1M), then listed.
+bench-scale: build
+	bench/scale.sh
 
 cluster: build
 	cluster/start.sh
