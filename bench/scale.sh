@@ -130,6 +130,20 @@ sample_rss() { # sample_rss OUT: VmRSS every 10 ms until killed
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
+write_results() { # after every stage, so a run stopped early still reports what it measured
+{
+  echo "# Namespace scale (bench/scale.sh)"
+  echo
+  echo "One SQLite node, localfs on $(df -P "$tmp" | awk 'NR == 2 {print $1}') ($parent), default localfs_fsync: true;"
+  echo "files created in one directory by wrk -t1 -c$CONNS (PUT of 1 byte to unique names)."
+  echo "$(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), binary $bin_info. VmHWM reset before the listings: $hwm_reset."
+  echo
+  echo "| files | creates/s while filling | full listing | first byte | body | 1,000-item page (middle) | VmRSS before → peak during listing | VmHWM over the listings | VmRSS after |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} >"$RESULTS"
+}
+
 rows=()
 have=0
 stage=0
@@ -182,17 +196,7 @@ for target in 10000 100000 1000000; do
 $(awk -v s="$ttfb" 'BEGIN {printf "%.1f", s * 1000}') ms | $(awk -v b="$size" 'BEGIN {printf "%.1f", b / 1e6}') MB | \
 $page_ms ms | $(mib "$rss_before") → $(mib "$peak") MiB | $(mib "$hwm") MiB | $(mib "$rss_after") MiB |")
   log "stage $stage: ${rows[-1]}"
+  write_results
 done
 
-{
-  echo "# Namespace scale (bench/scale.sh)"
-  echo
-  echo "One SQLite node, localfs on $(df -P "$tmp" | awk 'NR == 2 {print $1}') ($parent), default localfs_fsync: true;"
-  echo "files created in one directory by wrk -t1 -c$CONNS (PUT of 1 byte to unique names)."
-  echo "$(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), binary $bin_info. VmHWM reset before the listings: $hwm_reset."
-  echo
-  echo "| files | creates/s while filling | full listing | first byte | body | 1,000-item page (middle) | VmRSS before → peak during listing | VmHWM over the listings | VmRSS after |"
-  echo "|---|---|---|---|---|---|---|---|---|"
-  printf '%s\n' "${rows[@]}"
-} >"$RESULTS"
 cat "$RESULTS"
