@@ -16,7 +16,7 @@ FUZZ_TARGETS := endpoint path
 # how long make soak runs: seconds, or a number with s, m or h (10m)
 DURATION ?= 10m
 
-.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-disk bench-proxy bench-s3 cluster cluster-down
+.PHONY: build run lint check test fuzz soak deps deps-build check-alerts check-alertmanager bench bench-disk bench-proxy bench-s3 bench-scale cluster cluster-down
 
 # Everything `make test` needs: the build libraries plus PostgreSQL, Prometheus and Alertmanager.
 deps:
@@ -86,6 +86,10 @@ bench-proxy: build
 bench-s3: build
 	scripts/ensure-s3.sh
 	bench/s3.sh
+
+# One directory filled to 10k and 100k files (BENCH_SCALE_MAX=1000000 adds 1M), then listed.
+bench-scale: build
+	bench/scale.sh
 
 cluster: build
 	cluster/start.sh

@@ -10,14 +10,17 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use callfs_actors::locks::LockGuard;
 use callfs_actors::metadata::{
-    BlobRef, CreateEntry, DeleteEntry, DropIntent, Fence, GetEntries, GetEntry, Inode, ListChildren, ListSubtree,
-    NewEntry, PrepareWrite, RecordIntent, RenameEntry, SwitchBlob, TouchIntent,
+    BlobRef, CreateEntry, DeleteEntry, DropIntent, Fence, GetEntries, GetEntry, HasChildren, Inode, ListingCursor,
+    ListingEvent, ListingShape, NewEntry, PrepareWrite, RecordIntent, RenameEntry, StreamListing, SwitchBlob,
+    TouchIntent,
 };
 use callfs_actors::metrics::{BackendLabel, BackendOp, CrossServerOp, ErrorKind, FileOp};
 use callfs_actors::storage::localfs::{is_blob_id, new_blob_id, OpenEntry, StoreBlob};
 use callfs_actors::storage::s3::content_type_for;
 pub use callfs_actors::storage::{Backend, BlobContent as Content, BlobStore, BlobWriter, OpenedBlob as Opened};
+use callfs_actors::ActorError;
 use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
 
 use crate::auth::Identity;
 use crate::error::{ApiError, CrossServerConflict};
@@ -744,50 +747,45 @@ pub async fn open_local_blob(node: &Node, blob: String) -> Result<Opened, ApiErr
     node.storage(store.open(&blob, INLINE_READ_LIMIT)).await
 }
 
-pub async fn list_children(node: &Node, dir: &Inode) -> Result<Vec<Inode>, ApiError> {
-    node.meta(ListChildren { parent_id: dir.id }).await
+/// Batches a listing reader may run ahead of the client before it waits.
+const LISTING_QUEUE: usize = 4;
+
+/// An open listing: the head read from the snapshot, then its rows as the reader sends them.
+pub struct Listing {
+    pub count: u64,
+    /// Set when a page stopped before the end: where the next page starts.
+    pub next_after: Option<ListingCursor>,
+    events: mpsc::Receiver<Result<ListingEvent, ActorError>>,
 }
 
-/// A recursive listing in the spec's order: a whole child list, then each child directory's items.
-pub async fn list_tree(node: &Node, dir: &Inode, max_depth: u32) -> Result<Vec<Inode>, ApiError> {
-    let rows = node.meta(ListSubtree { path: dir.path.clone() }).await?;
-    Ok(order_tree(dir, rows, max_depth))
+impl Listing {
+    /// The rows in listing order, a batch at a time; a failure after the head ends the stream
+    /// with an error (the response is then aborted, never cut short silently).
+    pub fn rows(self) -> impl Stream<Item = Result<Vec<Inode>, ApiError>> {
+        futures_util::stream::unfold(Some(self.events), |events| async move {
+            let mut events = events?;
+            match events.recv().await? {
+                Ok(ListingEvent::Rows(rows)) => Some((Ok(rows), Some(events))),
+                Ok(ListingEvent::Head { .. }) => Some((Err(ApiError::Internal("second listing head".into())), None)),
+                Err(err) => Some((Err(err.into()), None)),
+            }
+        })
+    }
 }
 
-/// Orders a subtree depth-first by whole child lists, keeping entries of depth ≤ `max_depth + 1`.
-pub fn order_tree(dir: &Inode, rows: Vec<Inode>, max_depth: u32) -> Vec<Inode> {
-    use std::collections::HashMap;
-    let mut children: HashMap<i64, Vec<Inode>> = HashMap::new();
-    for row in rows {
-        if let Some(parent) = row.parent_id {
-            children.entry(parent).or_default().push(row);
-        }
-    }
-    for list in children.values_mut() {
-        callfs_actors::metadata::sort_listing(list);
-    }
-    let mut out = Vec::new();
-    emit(&mut children, dir.id, 1, max_depth as u64 + 1, &mut out);
-    out
-}
-
-fn emit(
-    children: &mut std::collections::HashMap<i64, Vec<Inode>>,
-    id: i64,
-    depth: u64,
-    limit: u64,
-    out: &mut Vec<Inode>,
-) {
-    if depth > limit {
-        return;
-    }
-    let Some(list) = children.remove(&id) else {
-        return;
-    };
-    let dirs: Vec<i64> = list.iter().filter(|e| e.is_dir()).map(|e| e.id).collect();
-    out.extend(list);
-    for child in dirs {
-        emit(children, child, depth + 1, limit, out);
+/// Starts a listing of `dir` on the listing readers and waits (at most `metadata_op_timeout`)
+/// for its head: the count and, for a page, the cursor of the next one.
+pub async fn open_listing(node: &Node, dir: &Inode, shape: ListingShape, counted: bool) -> Result<Listing, ApiError> {
+    let (events, mut rx) = mpsc::channel(LISTING_QUEUE);
+    node.listings.do_send(StreamListing { dir_id: dir.id, shape, counted, events });
+    let head = tokio::time::timeout(node.settings.metadata_op_timeout, rx.recv())
+        .await
+        .map_err(|_| ApiError::MetadataUnavailable("listing did not start in time".into()))?;
+    match head {
+        Some(Ok(ListingEvent::Head { count, next_after })) => Ok(Listing { count, next_after, events: rx }),
+        Some(Err(err)) => Err(err.into()),
+        Some(Ok(ListingEvent::Rows(_))) => Err(ApiError::Internal("listing rows before its head".into())),
+        None => Err(ApiError::Internal("listing reader stopped".into())),
     }
 }
 
@@ -889,7 +887,7 @@ async fn check_destination(
         if existing.kind != source.kind {
             return Err(ApiError::AlreadyExists("cannot overwrite between a file and a directory".into()));
         }
-        if existing.is_dir() && !list_children(node, existing).await?.is_empty() {
+        if existing.is_dir() && node.meta(HasChildren { parent_id: existing.id }).await? {
             return Err(ApiError::DirectoryNotEmpty);
         }
         return Ok(Some(existing.id));
@@ -1145,27 +1143,6 @@ mod tests {
             updated_at: t,
             blob: None,
         }
-    }
-
-    #[test]
-    fn tree_order_is_whole_child_lists_then_descend() {
-        let root = inode(1, 0, "/p", true);
-        let rows = vec![
-            inode(2, 1, "/p/b", true),
-            inode(3, 1, "/p/a", true),
-            inode(4, 1, "/p/z.txt", false),
-            inode(5, 3, "/p/a/x.txt", false),
-            inode(6, 2, "/p/b/y.txt", false),
-            inode(7, 3, "/p/a/deep", true),
-            inode(8, 7, "/p/a/deep/leaf.txt", false),
-        ];
-        let names = |v: Vec<Inode>| v.into_iter().map(|i| i.path).collect::<Vec<_>>();
-        assert_eq!(
-            names(order_tree(&root, rows.clone(), 100)),
-            vec!["/p/z.txt", "/p/a", "/p/b", "/p/a/x.txt", "/p/a/deep", "/p/a/deep/leaf.txt", "/p/b/y.txt"]
-        );
-        assert_eq!(names(order_tree(&root, rows.clone(), 0)), vec!["/p/z.txt", "/p/a", "/p/b"]);
-        assert_eq!(names(order_tree(&root, rows, 1)).len(), 6);
     }
 
     fn identity(user: &str) -> Identity {

@@ -46,6 +46,9 @@ pub struct Settings {
 pub struct Node {
     pub settings: Settings,
     pub metadata: Addr<MetadataStore>,
+    /// Listing readers: threads and connections of their own, so a listing held open by a slow
+    /// client never takes a thread or connection from the requests above.
+    pub listings: Addr<MetadataStore>,
     pub localfs: Addr<LocalFsWorker>,
     /// The shared bucket, when `backend.s3_bucket_name` is set.
     pub s3: Option<S3Worker>,

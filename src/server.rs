@@ -25,6 +25,9 @@ const LOCALFS_THREADS: usize = 16;
 const LEASE_THREADS: usize = 4;
 /// Read connections of the storage workers (SQLite; PostgreSQL takes at most `max_connections`).
 const READER_CONNECTIONS: u32 = 8;
+/// Listings streamed at once (each holds a thread, a connection and a read snapshot while its
+/// client reads); further listings wait their turn, up to `server.metadata_op_timeout`.
+const LISTING_READERS: usize = 4;
 
 pub fn run(config_path: Option<&Path>) -> i32 {
     let Some(loaded) = config::load_or_report(config_path) else {
@@ -119,6 +122,17 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let store_metrics = metrics.clone();
     let metadata = SyncArbiter::start(threads, move || MetadataStore::new(pool.clone(), store_metrics.clone()));
+    let target = match kind {
+        StoreKind::Postgres => config.metadata_store.dsn.clone(),
+        StoreKind::Sqlite => config.metadata_store.sqlite_path.clone(),
+    };
+    let readers = web::block(move || metadata::connect_readers(kind, &target, LISTING_READERS as u32, op_timeout))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("metadata store (listing readers): {e}"))?;
+    let reader_metrics = metrics.clone();
+    let listings =
+        SyncArbiter::start(LISTING_READERS, move || MetadataStore::new(readers.clone(), reader_metrics.clone()));
 
     let mut lease_store = None;
     let locks = match config.dlm.kind.as_str() {
@@ -197,6 +211,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let node = web::Data::new(Node {
         settings: settings(&config),
         metadata,
+        listings,
         localfs,
         s3,
         upload_slots: crate::uploads::UploadSlots::default(),

@@ -105,6 +105,10 @@ db_tests!(
     listing_depth_semantics,
     listing_order_and_shape,
     listing_errors,
+    listing_pages,
+    listing_page_errors,
+    listing_memory_is_flat,
+    listing_readers_are_released,
     delete_semantics,
     post_conflicts,
     put_semantics,
@@ -848,6 +852,156 @@ fn listing_errors(db: Db) {
     assert_error(&n.get("/v1/directories/nonexistent", ALICE_KEY), 404, "FILE_NOT_FOUND", "list missing");
     assert_error(&n.get("/v1/directories/afile.txt", ALICE_KEY), 400, "BAD_REQUEST", "list a file");
     assert_401(&n.get("/v1/directories/", NO_AUTH), "list without auth");
+}
+
+/// Creates `files` files and `dirs` directories in `dir` from 8 client threads; names sort in
+/// creation order (`f00000`, `d00000`).
+fn fill(n: &Node, dir: &str, files: usize, dirs: usize) {
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            scope.spawn(move || {
+                for i in (t..files + dirs).step_by(8) {
+                    let r = if i < files {
+                        n.put(&format!("/v1/files{dir}/f{i:05}"), ALICE_KEY, b"x")
+                    } else {
+                        n.post(&format!("/v1/files{dir}/d{:05}/", i - files), ALICE_KEY, b"")
+                    };
+                    assert_eq!(r.status, 201, "fill {dir} #{i}: {}", r.describe());
+                }
+            });
+        }
+    });
+}
+
+fn fast_node(db: Db) -> Node {
+    Node::start(NodeOptions::new(db).set("backend.localfs_fsync", json!(false)))
+}
+
+fn listing_pages(db: Db) {
+    let n = fast_node(db);
+    fill(&n, "/big", 1500, 1000);
+    let whole = n.get("/v1/directories/big", ALICE_KEY);
+    assert_eq!(whole.header("x-callfs-count"), Some("2500"));
+    assert!(!whole.has_header("x-callfs-next-after"), "no cursor without limit");
+    let all = paths(&whole.json());
+    assert_eq!(all.len(), 2500);
+    assert_eq!(all[1499], "/big/f01499");
+    assert_eq!(all[1500], "/big/d00000", "files first, then directories");
+
+    // Both endpoints walk the same pages: 1000 + 1000 (crossing into directories) + 500.
+    for base in ["/v1/directories/big", "/v1/files/big"] {
+        let mut walked = Vec::new();
+        let mut query = "?limit=1000".to_string();
+        let mut pages = 0;
+        loop {
+            let r = n.get(&format!("{base}{query}"), ALICE_KEY);
+            assert_eq!(r.status, 200, "{base}{query}: {}", r.describe());
+            let v = r.json();
+            let page = paths(&v);
+            pages += 1;
+            assert_eq!(page.len(), if pages < 3 { 1000 } else { 500 }, "{base} page {pages}");
+            if base.starts_with("/v1/directories") {
+                assert_eq!(v["count"], json!(page.len()), "count counts the page");
+                assert_eq!(r.header("x-callfs-count"), Some(page.len().to_string().as_str()));
+            } else {
+                assert!(v.is_array(), "the files endpoint lists an array: {v}");
+            }
+            walked.extend(page);
+            match r.header("x-callfs-next-after") {
+                Some(cursor) => query = format!("?limit=1000&after={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3, "{base}: 2,500 entries in pages of 1000");
+        let unique: BTreeSet<&String> = walked.iter().collect();
+        assert_eq!(unique.len(), walked.len(), "{base}: no entry twice");
+        assert_eq!(walked, all, "{base}: the pages are the whole listing, in order");
+    }
+    // A page that ends exactly at the end carries no cursor; `after` alone lists the rest.
+    let r = n.get("/v1/directories/big?limit=2500", ALICE_KEY);
+    assert!(!r.has_header("x-callfs-next-after"), "nothing follows the last item");
+    let r = n.get("/v1/directories/big?limit=2499", ALICE_KEY);
+    let cursor = r.header("x-callfs-next-after").expect("one more follows").to_string();
+    let rest = n.list(&format!("/big?after={cursor}"), ALICE_KEY);
+    assert_eq!(paths(&rest), vec!["/big/d00999"]);
+    assert_eq!(rest["count"], json!(1));
+    // Recursive listings are unchanged by page parameters: whole, in the spec's order.
+    let tree = n.list("/big?recursive=true&limit=5", ALICE_KEY);
+    assert_eq!(tree["count"], json!(2500));
+    assert_eq!(paths(&tree), all);
+}
+
+fn listing_page_errors(db: Db) {
+    let n = node(db);
+    mkdir(&n, "/pg", ALICE_KEY);
+    for base in ["/v1/directories/pg", "/v1/files/pg"] {
+        for q in ["limit=", "limit=0", "limit=10001", "limit=abc", "limit=-1", "after=", "after=***", "after=eA"] {
+            let r = n.get(&format!("{base}?{q}"), ALICE_KEY);
+            assert_error(&r, 400, "BAD_REQUEST", &format!("{base}?{q}"));
+        }
+        assert_eq!(n.get(&format!("{base}?limit=10000"), ALICE_KEY).status, 200);
+        assert_eq!(n.get(&format!("{base}?limit=1"), ALICE_KEY).status, 200);
+    }
+    // A file GET ignores listing parameters.
+    create(&n, "/pg/f.txt", ALICE_KEY, b"x");
+    assert_eq!(n.get("/v1/files/pg/f.txt?limit=abc", ALICE_KEY).status, 200);
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// api.md §9 "Large directories": a listing never holds the directory in memory. The old
+/// whole-body listing grew the node by ~6 bytes per JSON byte (20k entries: ~3 MB of JSON).
+fn listing_memory_is_flat(db: Db) {
+    let n = fast_node(db);
+    fill(&n, "/huge", 0, 20_000);
+    let pid = n.pid().expect("node pid");
+    // Warm up the listing path once, so growth below is what listings keep, not first use.
+    assert_eq!(n.get("/v1/directories/huge?limit=10", ALICE_KEY).status, 200);
+    let before = vm_kib(pid, "VmHWM:");
+    for query in ["", "?recursive=true"] {
+        let r = n.get(&format!("/v1/directories/huge{query}"), ALICE_KEY);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-callfs-count"), Some("20000"), "{query}");
+        assert_eq!(items(&r.json()).len(), 20_000, "{query}");
+    }
+    let r = n.get("/v1/files/huge", ALICE_KEY);
+    assert_eq!(items(&r.json()).len(), 20_000);
+    let after = vm_kib(pid, "VmHWM:");
+    eprintln!("MEMORY listing 20k entries (VmHWM KiB): {before} -> {after} (+{})", after - before);
+    assert!(after - before < 16 * 1024, "listing 20k entries grew the node's peak RSS by {} KiB", after - before);
+}
+
+/// A listing holds one of the node's 4 listing readers while its client reads: clients that stop
+/// reading or hang up must give their readers back. (On loopback these 3 MB bodies fit in the
+/// socket buffers, so the `server.write_timeout` cut-off itself is not reached here.)
+fn listing_readers_are_released(db: Db) {
+    let n = Node::start(
+        NodeOptions::new(db).set("backend.localfs_fsync", json!(false)).set("server.write_timeout", json!("2s")),
+    );
+    fill(&n, "/wide", 0, 20_000);
+    let stalled: Vec<_> = (0..5).map(|_| n.raw_open("GET", "/v1/directories/wide", ALICE_KEY, &[])).collect();
+    let mut gone: Vec<_> = (0..5).map(|_| n.raw_open("GET", "/v1/directories/wide", ALICE_KEY, &[])).collect();
+    for s in gone.iter_mut() {
+        let mut head = [0u8; 64];
+        let _ = std::io::Read::read(s, &mut head);
+    }
+    gone.into_iter().for_each(abort_stream);
+    let started = std::time::Instant::now();
+    let r = n.get("/v1/directories/wide", ALICE_KEY);
+    assert_eq!(r.status, 200, "a listing after stalled and vanished ones: {}", r.describe());
+    assert_eq!(items(&r.json()).len(), 20_000);
+    assert!(started.elapsed() < Duration::from_secs(15), "waited {:?} for a listing reader", started.elapsed());
+    let cut = n.log_lines().iter().filter(|l| l.to_string().contains("client stopped reading")).count();
+    eprintln!("listing after 5 stalled and 5 vanished clients: {:?}, {cut} stalled cut off", started.elapsed());
+    drop(stalled);
 }
 
 fn delete_semantics(db: Db) {

@@ -5,6 +5,7 @@ pub mod endpoint;
 pub mod extract;
 pub mod forward;
 pub mod handlers;
+pub mod listing;
 pub mod middleware;
 pub mod routes;
 pub mod stall;

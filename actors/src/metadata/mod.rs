@@ -1,16 +1,18 @@
 //! The metadata store: diesel over an r2d2 pool of SQLite or PostgreSQL connections, run on a
 //! SyncArbiter so no query ever blocks an async thread. Every round trip is counted and timed.
 
+mod listing;
 mod schema;
 mod store;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+pub use listing::{ListingCursor, ListingEvent, ListingSender, ListingShape, StreamListing, LISTING_BATCH};
 pub use store::{
-    connect, sort_listing, AdoptBlob, BlobRef, BlobReferences, CleanupLinks, ConsumeLink, CreateEntry, CreateLink,
-    DeleteEntry, DropGarbage, DropIntent, DueGarbage, EntryReader, Fence, GetEntries, GetEntry, GetLink, LegacyFiles,
-    LinkRow, ListBlobReferences, ListChildren, ListSubtree, MetadataStore, NewEntry, PgManager, Ping, PrepareWrite,
+    connect, connect_readers, sort_listing, AdoptBlob, BlobRef, BlobReferences, CleanupLinks, ConsumeLink, CreateEntry,
+    CreateLink, DeleteEntry, DropGarbage, DropIntent, DueGarbage, EntryReader, Fence, GetEntries, GetEntry, GetLink,
+    HasChildren, LegacyFiles, LinkRow, ListBlobReferences, MetadataStore, NewEntry, PgManager, Ping, PrepareWrite,
     RecordIntent, RenameEntry, StaleIntents, StoreKind, SwitchBlob, TouchIntent,
 };
 

@@ -31,7 +31,7 @@ pub enum Pool {
     Pg(diesel::r2d2::Pool<PgManager>),
 }
 
-enum Conn {
+pub(super) enum Conn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
     Pg(PooledConnection<PgManager>),
 }
@@ -41,7 +41,7 @@ enum Conn {
 /// server (a restart, a network cut) is marked here and r2d2 drops it instead of reusing it.
 pub struct TrackedPg {
     conn: PgConnection,
-    broken: bool,
+    pub(super) broken: bool,
 }
 
 impl std::ops::Deref for TrackedPg {
@@ -124,7 +124,10 @@ macro_rules! write_tx {
 }
 
 #[derive(Debug)]
-struct SqlitePragmas;
+struct SqlitePragmas {
+    /// Connections of the listing readers: they never write (`query_only`).
+    read_only: bool,
+}
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
@@ -133,7 +136,11 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
             "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
              PRAGMA case_sensitive_like = ON; PRAGMA foreign_keys = ON;",
         )
-        .map_err(diesel::r2d2::Error::QueryError)
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        if self.read_only {
+            conn.batch_execute("PRAGMA query_only = ON;").map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
     }
 }
 
@@ -187,7 +194,29 @@ pub fn connect(
     metrics: &Metrics,
 ) -> Result<Pool, ActorError> {
     let started = Instant::now();
-    let pool = match kind {
+    let pool = build_pool(kind, target, max_connections, op_timeout, false)?;
+    let mut conn = checkout(&pool)?;
+    migrate(&mut conn)?;
+    ensure_root(&mut conn)?;
+    metrics.record_metadata(MetadataOp::Migrate, started.elapsed());
+    Ok(pool)
+}
+
+/// A pool of its own for the listing readers (started after [`connect`] migrated): a listing
+/// holds its connection and read transaction while the client reads, and must never take the
+/// connections of the writers. SQLite in WAL mode lets these readers run beside a writer.
+pub fn connect_readers(kind: StoreKind, target: &str, readers: u32, op_timeout: Duration) -> Result<Pool, ActorError> {
+    build_pool(kind, target, readers, op_timeout, true)
+}
+
+fn build_pool(
+    kind: StoreKind,
+    target: &str,
+    max_connections: u32,
+    op_timeout: Duration,
+    read_only: bool,
+) -> Result<Pool, ActorError> {
+    Ok(match kind {
         StoreKind::Sqlite => {
             if let Some(parent) = std::path::Path::new(target).parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
@@ -198,7 +227,7 @@ pub fn connect(
                 // A validity query on every checkout doubles the cost of each round trip; a broken
                 // connection fails its real query instead and is replaced.
                 .test_on_check_out(false)
-                .connection_customizer(Box::new(SqlitePragmas))
+                .connection_customizer(Box::new(SqlitePragmas { read_only }))
                 .build(ConnectionManager::<SqliteConnection>::new(target))
                 .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
             Pool::Sqlite(pool)
@@ -214,15 +243,10 @@ pub fn connect(
                 .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?;
             Pool::Pg(pool)
         }
-    };
-    let mut conn = checkout(&pool)?;
-    migrate(&mut conn)?;
-    ensure_root(&mut conn)?;
-    metrics.record_metadata(MetadataOp::Migrate, started.elapsed());
-    Ok(pool)
+    })
 }
 
-fn checkout(pool: &Pool) -> Result<Conn, ActorError> {
+pub(super) fn checkout(pool: &Pool) -> Result<Conn, ActorError> {
     match pool {
         Pool::Sqlite(p) => p.get().map(Conn::Sqlite),
         Pool::Pg(p) => p.get().map(Conn::Pg),
@@ -447,8 +471,8 @@ macro_rules! ensure_parents {
 }
 
 pub struct MetadataStore {
-    pool: Pool,
-    metrics: Metrics,
+    pub(super) pool: Pool,
+    pub(super) metrics: Metrics,
 }
 
 impl MetadataStore {
@@ -521,7 +545,7 @@ impl EntryReader {
                     .min_idle(Some(1))
                     .connection_timeout(op_timeout)
                     .test_on_check_out(false)
-                    .connection_customizer(Box::new(SqlitePragmas))
+                    .connection_customizer(Box::new(SqlitePragmas { read_only: true }))
                     .build(ConnectionManager::<SqliteConnection>::new(target))
                     .map_err(|e| ActorError::MetadataUnavailable(e.to_string()))?,
             ),
@@ -646,51 +670,31 @@ fn lineage_rows(conn: &mut Conn, path: &str, ancestors: &[String]) -> Result<Vec
         .load(c))?)
 }
 
-/// Children of a directory: files first, then directories, each by name in byte order.
+/// Whether a directory has any child (one indexed row read, whatever its size).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Inode>, ActorError>")]
-pub struct ListChildren {
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct HasChildren {
     pub parent_id: i64,
 }
 
-impl Handler<ListChildren> for MetadataStore {
-    type Result = Result<Vec<Inode>, ActorError>;
-    fn handle(&mut self, msg: ListChildren, _ctx: &mut Self::Context) -> Self::Result {
-        let mut rows = self.run(MetadataOp::ListChildren, |conn| {
-            Ok(with_conn!(conn, c => inodes::table
+impl Handler<HasChildren> for MetadataStore {
+    type Result = Result<bool, ActorError>;
+    fn handle(&mut self, msg: HasChildren, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(MetadataOp::ListChildren, |conn| {
+            let first: Option<i64> = with_conn!(conn, c => inodes::table
                 .filter(inodes::parent_id.eq(msg.parent_id))
-                .select(Inode::as_select())
-                .load(c))?)
-        })?;
-        sort_listing(&mut rows);
-        Ok(rows)
-    }
-}
-
-/// Files before directories, then byte order of the name (independent of database collation).
-pub fn sort_listing(rows: &mut [Inode]) {
-    rows.sort_by(|a, b| (a.is_dir(), a.name.as_bytes()).cmp(&(b.is_dir(), b.name.as_bytes())));
-}
-
-/// Every row strictly below a directory.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Inode>, ActorError>")]
-pub struct ListSubtree {
-    pub path: String,
-}
-
-impl Handler<ListSubtree> for MetadataStore {
-    type Result = Result<Vec<Inode>, ActorError>;
-    fn handle(&mut self, msg: ListSubtree, _ctx: &mut Self::Context) -> Self::Result {
-        let pattern = if msg.path == "/" { "/%".to_string() } else { like_prefix(&msg.path) };
-        self.run(MetadataOp::ListSubtree, |conn| {
-            Ok(with_conn!(conn, c => inodes::table
-                .filter(inodes::path.like(&pattern).escape('\\'))
-                .filter(inodes::path.ne("/"))
-                .select(Inode::as_select())
-                .load(c))?)
+                .select(inodes::id)
+                .first(c)
+                .optional())?;
+            Ok(first.is_some())
         })
     }
+}
+
+/// Listing order: files before directories, then byte order of the name. The listing queries
+/// (`listing.rs`) produce exactly this order; this is its reference.
+pub fn sort_listing(rows: &mut [Inode]) {
+    rows.sort_by(|a, b| (a.is_dir(), a.name.as_bytes()).cmp(&(b.is_dir(), b.name.as_bytes())));
 }
 
 /// Insert a file or directory, creating missing ancestors; a taken path is `AlreadyExists`. The

@@ -18,6 +18,7 @@ use crate::files::{self, Content, MovePlan, MoveRequest, WriteMode, WritePlan, W
 use crate::http::conditional::{http_date, plan, Conditions, Plan, Validators};
 use crate::http::extract::content_length;
 use crate::http::forward::{ensure_not_proxied, files_url, forward, Forward};
+use crate::http::listing::{encode_cursor, json_body, page};
 use crate::http::middleware::RequestContext;
 use crate::node::Node;
 use crate::path::{parse_json_path, validate_segment, ParsedPath};
@@ -48,19 +49,6 @@ pub fn rfc3339(t: chrono::NaiveDateTime) -> String {
     push(t.minute(), 2, Some(':'));
     push(t.second(), 2, Some('Z'));
     out
-}
-
-/// The listing item of api.md §8.1.
-pub fn item(entry: &Inode) -> serde_json::Value {
-    json!({
-        "name": entry.name,
-        "path": entry.path,
-        "type": entry.kind,
-        "size": entry.size,
-        "mode": entry.mode,
-        "owner": entry.owner,
-        "mtime": rfc3339(entry.mtime),
-    })
 }
 
 /// The metadata headers of api.md §8.0. `X-CallFS-Instance-ID` names the node holding the bytes;
@@ -146,9 +134,11 @@ pub async fn get(
     if entry.is_dir() {
         let mut res = HttpResponse::Ok();
         metadata_headers(&mut res, &entry, node);
-        let children = files::list_children(node, &entry).await?;
-        let items: Vec<_> = children.iter().map(item).collect();
-        return Ok(res.body(serde_json::Value::Array(items).to_string()));
+        let listing = files::open_listing(node, &entry, page(req.query_string())?, false).await?;
+        if let Some(next) = &listing.next_after {
+            res.insert_header(("X-CallFS-Next-After", encode_cursor(next)));
+        }
+        return Ok(res.streaming(json_body(b"[".to_vec(), listing.rows(), b"]")));
     }
     let conditions = Conditions {
         range: header_str(req, header::RANGE),
