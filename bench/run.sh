@@ -350,7 +350,7 @@ http_requests_total() { # sum of callfs_http_requests_total over all label sets
 
 # Other processes' CPU: the machine has 2 cores, so anything else running skews the figures. Each
 # measured step sums utime+stime+cutime+cstime over every user-space process outside this run's
-# process group (kernel threads are left out: they mostly do our I/O; cutime makes children reaped
+# process group and PostgreSQL's processes (kernel threads are left out: they mostly do our I/O; cutime makes children reaped
 # during the step count), adds the hypervisor's steal time and divides by the step's CPU capacity
 # from /proc/stat.
 our_pgrp=""
@@ -362,6 +362,8 @@ cpu_snap() { # -> "foreign total" in clock ticks
     rest=${line##*) }
     read -r -a v <<<"$rest" # v[1] ppid, v[2] pgrp, v[11..14] utime stime cutime cstime
     [[ ${v[1]} == 2 || ${line%% *} == 2 || ${v[2]} == "$our_pgrp" ]] && continue
+    # PostgreSQL serves the nodes under test (the PostgreSQL rows): its CPU is part of the run
+    [[ $line == *" (postgres) "* ]] && continue
     foreign=$((foreign + v[11] + v[12] + v[13] + v[14]))
   done
   # user nice system idle iowait irq softirq steal (guest time is already inside user); the

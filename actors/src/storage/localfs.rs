@@ -553,8 +553,10 @@ pub fn check_root(root: &Path) -> Result<(), ActorError> {
         .map_err(|e| ActorError::Storage(format!("{} is not writable: {e}", root.display())))
 }
 
-/// Streams `len` bytes of a file from `offset`, reading on the blocking pool one chunk at a time,
-/// so at most one chunk is buffered and a slow client slows the disk reads.
+/// Streams `len` bytes of a file from `offset`, reading on the blocking pool one chunk at a time.
+/// The next chunk is read while the previous one is being sent (read-ahead of one chunk), so disk
+/// reads and socket writes overlap; at most two chunks are buffered, and a slow client still slows
+/// the disk reads.
 pub struct FileChunks {
     file: Option<File>,
     remaining: u64,
@@ -566,6 +568,31 @@ impl FileChunks {
     pub fn new(file: File, offset: u64, len: u64) -> Self {
         Self { file: Some(file), remaining: len, pending: None, offset: Some(offset) }
     }
+
+    /// Starts reading the next chunk on the blocking pool, if any bytes remain.
+    fn read_next(&mut self) {
+        if self.remaining == 0 {
+            return;
+        }
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        let want = self.remaining.min(IO_CHUNK as u64);
+        let offset = self.offset.take();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let read = (|| {
+                if let Some(offset) = offset {
+                    file.seek(SeekFrom::Start(offset))?;
+                }
+                // read_to_end reads into the spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut file).take(want).read_to_end(&mut buf)?;
+                Ok(Bytes::from(buf))
+            })();
+            (file, read)
+        }));
+    }
 }
 
 impl Stream for FileChunks {
@@ -574,32 +601,7 @@ impl Stream for FileChunks {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.pending.is_none() {
-            if this.remaining == 0 {
-                return Poll::Ready(None);
-            }
-            let Some(mut file) = this.file.take() else {
-                return Poll::Ready(None);
-            };
-            let want = this.remaining.min(IO_CHUNK as u64) as usize;
-            let offset = this.offset.take();
-            this.pending = Some(tokio::task::spawn_blocking(move || {
-                let read = (|| {
-                    if let Some(offset) = offset {
-                        file.seek(SeekFrom::Start(offset))?;
-                    }
-                    let mut buf = BytesMut::zeroed(want);
-                    let mut filled = 0;
-                    while filled < want {
-                        match file.read(&mut buf[filled..])? {
-                            0 => break,
-                            n => filled += n,
-                        }
-                    }
-                    buf.truncate(filled);
-                    Ok(buf.freeze())
-                })();
-                (file, read)
-            }));
+            this.read_next();
         }
         let Some(pending) = this.pending.as_mut() else {
             return Poll::Ready(None);
@@ -619,6 +621,7 @@ impl Stream for FileChunks {
                         }
                         this.remaining -= bytes.len() as u64;
                         this.file = Some(file);
+                        this.read_next();
                         Poll::Ready(Some(Ok(bytes)))
                     }
                     Ok((_, Err(e))) => Poll::Ready(Some(Err(e))),
