@@ -40,12 +40,15 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
-/// `limit` and `after` of a non-recursive listing (the last occurrence of each counts).
+/// `limit` and `after` of a non-recursive listing. Each may appear once: a repeated one is refused
+/// rather than letting one of two values win silently.
 pub fn page(query: &str) -> Result<ListingShape, ApiError> {
     let mut limit = None;
     let mut after = None;
     for (key, value) in pairs(query) {
         match key {
+            "limit" if limit.is_some() => return Err(ApiError::BadRequest("limit given more than once".into())),
+            "after" if after.is_some() => return Err(ApiError::BadRequest("after given more than once".into())),
             "limit" => limit = Some(parse_limit(value)?),
             "after" => after = Some(decode_cursor(value)?),
             _ => {}
@@ -211,7 +214,17 @@ mod tests {
         assert_eq!(limit(""), Ok(None));
         assert_eq!(limit("limit=1"), Ok(Some(1)));
         assert_eq!(limit("limit=10000"), Ok(Some(10_000)));
-        for bad in ["limit=", "limit", "limit=0", "limit=10001", "limit=abc", "limit=-1", "limit=+5", "limit=1.5"] {
+        for bad in [
+            "limit=",
+            "limit",
+            "limit=0",
+            "limit=10001",
+            "limit=abc",
+            "limit=-1",
+            "limit=+5",
+            "limit=1.5",
+            "limit=2&limit=3",
+        ] {
             assert!(limit(bad).is_err(), "{bad}");
         }
         // Recursive listings take no page parameters.
@@ -235,6 +248,9 @@ mod tests {
         {
             assert!(decode_cursor(&bad).is_err(), "{bad:?}");
         }
+        let one = encode_cursor(&ListingCursor { is_dir: false, name: "a".into() });
+        assert!(page(&format!("after={one}")).is_ok());
+        assert!(page(&format!("after={one}&after={one}")).is_err());
     }
 
     #[test]
