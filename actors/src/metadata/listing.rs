@@ -434,19 +434,9 @@ listing_queries!(PgConnection, "name COLLATE \"C\"", COUNT_TREE_PG);
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::metadata::{connect, sort_listing, NewEntry, StoreKind};
-    use crate::metrics::Metrics;
-
-    fn store() -> (MetadataStore, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let (metrics, _) = Metrics::new("t", "node-1");
-        let db = dir.path().join("meta.sqlite3");
-        let pool = connect(StoreKind::Sqlite, db.to_str().unwrap(), 4, Duration::from_secs(5), &metrics).unwrap();
-        (MetadataStore::new(pool, metrics), dir)
-    }
+    use crate::metadata::store::tests::store;
+    use crate::metadata::{sort_listing, NewEntry};
 
     fn create(s: &MetadataStore, path: &str, is_dir: bool) -> Inode {
         let entry = NewEntry {

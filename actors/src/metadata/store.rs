@@ -1445,10 +1445,11 @@ impl Handler<CleanupLinks> for MetadataStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn store() -> (MetadataStore, tempfile::TempDir) {
+    /// A store on a fresh SQLite file (also used by the listing tests).
+    pub(crate) fn store() -> (MetadataStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (metrics, _) = Metrics::new("t", "node-1");
         let db = dir.path().join("meta.sqlite3");
